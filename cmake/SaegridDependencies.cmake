@@ -1,0 +1,40 @@
+# Finds every dependency and, when one is missing, stops with the Debian package to install.
+# scripts/install-deps.sh installs all of them.
+
+macro(saegrid_require found_var what debian_package)
+  if(NOT ${found_var})
+    message(FATAL_ERROR
+      "saegrid: ${what} not found. Install the Debian package '${debian_package}' "
+      "(or run scripts/install-deps.sh, which installs everything saegrid needs).")
+  endif()
+endmacro()
+
+find_package(Torch QUIET)
+saegrid_require(Torch_FOUND "LibTorch (TorchConfig.cmake)" "libtorch-dev")
+# Debian's LibTorch links the system BLAS; the reference BLAS is ~50x slower than OpenBLAS.
+if(EXISTS /usr/lib/x86_64-linux-gnu/libtorch.so AND
+   NOT EXISTS /usr/lib/x86_64-linux-gnu/openblas-openmp/libblas.so.3 AND
+   NOT EXISTS /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3)
+  message(FATAL_ERROR "saegrid: OpenBLAS not found; LibTorch would fall back to the reference BLAS "
+                      "(~50x slower). Install the Debian package 'libopenblas0-openmp'.")
+endif()
+
+find_package(absl CONFIG QUIET)
+saegrid_require(absl_FOUND "Abseil (abslConfig.cmake)" "libabsl-dev")
+
+find_package(nlohmann_json 3 QUIET)
+saegrid_require(nlohmann_json_FOUND "nlohmann-json (nlohmann_jsonConfig.cmake)" "nlohmann-json3-dev")
+
+find_package(Threads REQUIRED)
+
+if(SAEGRID_BUILD_SERVICE)
+  find_package(Protobuf QUIET)
+  saegrid_require(Protobuf_FOUND "Protocol Buffers (libprotobuf + protoc)" "libprotobuf-dev protobuf-compiler")
+  find_package(yaml-cpp QUIET)
+  saegrid_require(yaml-cpp_FOUND "yaml-cpp (yaml-cpp-config.cmake)" "libyaml-cpp-dev")
+endif()
+
+if(SAEGRID_BUILD_TESTS)
+  find_package(GTest QUIET)
+  saegrid_require(GTest_FOUND "GoogleTest" "libgtest-dev libgmock-dev")
+endif()

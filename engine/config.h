@@ -1,0 +1,109 @@
+// Plain configuration of one training run. The service's saegrid.v1.JobSpec message (proto/) and
+// the local YAML/JSON config (spec/) map onto these structs; the engine itself depends on neither.
+// Defaults follow ../shared/reference/sae-training.md; docs/configuration.md lists every field.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace saegrid {
+
+enum class Architecture { kTopK, kReLU };
+enum class InputNormalization { kNone, kLayerNorm };
+enum class DecoderInit { kRandomUnit, kOrthogonal };
+enum class LrDecay { kNone, kLinear };
+
+struct ModelConfig {
+  Architecture architecture = Architecture::kTopK;
+  int64_t d_in = 0;         // 0: taken from the data
+  int64_t num_latents = 0;  // 0: d_in * expansion_factor
+  int64_t expansion_factor = 4;
+  int64_t k = 32;
+  InputNormalization normalize_inputs = InputNormalization::kNone;
+  DecoderInit decoder_init = DecoderInit::kRandomUnit;
+  // b_pre initialisation: geometric median (Weiszfeld) of this many data rows.
+  int64_t geometric_median_samples = 32768;
+  // AuxK: alpha * FVU of the residual, fitted by the top k_aux dead latents.
+  int64_t k_aux = 0;  // 0: the power of two nearest d_in / 2
+  double auxk_alpha = 1.0 / 32.0;
+  int64_t dead_tokens_threshold = 10'000'000;  // a latent silent for this many tokens is dead
+  double l1_coefficient = 1e-3;                // ReLU SAE only
+};
+
+struct OptimizerConfig {
+  double lr = 0;  // 0: 2e-4 / sqrt(num_latents / 2^14)
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 6.25e-10;
+  int64_t warmup_steps = 0;
+  LrDecay lr_decay = LrDecay::kNone;
+  double decay_start_fraction = 0.8;  // linear decay to 0 over the steps after this fraction
+  double grad_clip_norm = 0;          // 0: no clipping
+  double ema_decay = 0;               // 0: no EMA; else e.g. 0.999 (bias-corrected)
+};
+
+struct SyntheticDataConfig {
+  // Seed 004's generator (Sharkey et al. 2022): correlated feature probabilities, decay,
+  // Bernoulli trials, uniform magnitudes.
+  int64_t num_samples = 262144;
+  int64_t num_features = 512;
+  int64_t d = 256;
+  double avg_active_features = 5;
+  double lambda_decay = 0.99;
+  uint64_t seed = 0;
+};
+
+struct DataConfig {
+  // Exactly one source: `path` (a directory of shards, a manifest .json, or a single shard
+  // file) or `synthetic`.
+  std::string path;
+  bool use_synthetic = false;
+  SyntheticDataConfig synthetic;
+  std::string dtype_override;  // "bf16" reads uint16 .npy data as bfloat16 bits
+  int64_t batch_size = 4096;
+  int64_t block_rows = 1024;         // rows read contiguously from one shard
+  int64_t shuffle_buffer_blocks = 64;  // blocks mixed together by the shuffle buffer
+  int64_t prefetch_batches = 2;
+  double eval_fraction = 0.05;  // held-out blocks, never trained on
+  int64_t eval_max_tokens = 65536;
+  uint64_t seed = 0;
+};
+
+struct TrainingConfig {
+  int64_t total_tokens = 0;  // training stops after this many tokens (rounded up to a step)
+  int64_t log_every_steps = 10;
+  uint64_t seed = 0;
+};
+
+struct CheckpointConfig {
+  std::string output_dir = "out";
+  std::string hookpoint = "sae";  // directory name of the sparsify-layout checkpoint
+  int64_t every_steps = 0;        // 0: only at the end
+  int64_t keep_last = 3;
+  bool export_saelens = true;
+  bool resume = true;  // resume from the latest checkpoint under output_dir if there is one
+};
+
+struct EvaluationConfig {
+  // Optional ground truth for recovery metrics: a safetensors file with "features" [F, d].
+  std::string ground_truth_path;
+  double recovery_cosine = 0.9;
+};
+
+struct RuntimeConfig {
+  int num_threads = 0;  // 0: all cores of this machine
+};
+
+struct TrainConfig {
+  std::string name;
+  ModelConfig model;
+  OptimizerConfig optimizer;
+  DataConfig data;
+  TrainingConfig training;
+  CheckpointConfig checkpoint;
+  EvaluationConfig evaluation;
+  RuntimeConfig runtime;
+};
+
+}  // namespace saegrid

@@ -1,0 +1,17 @@
+// CPU implementations behind kernels/sparse_ops.h. Inputs are validated and contiguous.
+#pragma once
+
+#include <torch/types.h>
+
+namespace saegrid::kernels::cpu {
+
+torch::Tensor DenseSparseMatmul(const torch::Tensor& values, const torch::Tensor& indices,
+                                const torch::Tensor& rows);
+torch::Tensor MatmulAtSparseIndices(const torch::Tensor& dense, const torch::Tensor& rows,
+                                    const torch::Tensor& indices);
+void ScatterAddOuterByLatent(const torch::Tensor& values, const torch::Tensor& indices,
+                             const torch::Tensor& dense, torch::Tensor& out);
+torch::Tensor SumByLatent(const torch::Tensor& values, const torch::Tensor& indices,
+                          int64_t num_rows);
+
+}  // namespace saegrid::kernels::cpu
