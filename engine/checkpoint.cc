@@ -1,0 +1,321 @@
+#include "engine/checkpoint.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "engine/safetensors.h"
+
+namespace saegrid {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr int kFormatVersion = 1;
+constexpr char kLatest[] = "LATEST";
+
+std::string CheckpointsDir(const std::string& output_dir) {
+  return (fs::path(output_dir) / "checkpoints").string();
+}
+
+std::string StepDirName(int64_t step) { return absl::StrFormat("step_%09d", step); }
+
+absl::Status WriteJson(const std::string& path, const nlohmann::json& j) {
+  return WriteFileAtomically(path, j.dump(2) + "\n");
+}
+
+absl::StatusOr<nlohmann::json> ReadJson(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError("checkpoint file " + path + " is missing");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto j = nlohmann::json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::DataLossError("checkpoint file " + path + " is not valid JSON");
+  return j;
+}
+
+const char* ArchitectureName(Architecture a) { return a == Architecture::kTopK ? "topk" : "relu"; }
+
+// Reads a tensor that must exist with the given shape, as float32.
+absl::StatusOr<torch::Tensor> ReadTensor(const SafetensorsFile& file, const std::string& name,
+                                         std::vector<int64_t> shape) {
+  auto t = file.Get(name);
+  if (!t.ok()) return absl::DataLossError(std::string(t.status().message()));
+  if (t->sizes().vec() != shape) {
+    return absl::DataLossError(absl::StrCat("checkpoint file ", file.path(), ": tensor \"", name,
+                                            "\" has shape ", c10::str(t->sizes()), ", expected ",
+                                            c10::str(c10::IntArrayRef(shape))));
+  }
+  return *t;
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> Named(const std::string& prefix,
+                                                         const std::vector<torch::Tensor>& ts) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (size_t i = 0; i < ts.size(); ++i) out.emplace_back(prefix + SaeParameters::Names()[i], ts[i]);
+  return out;
+}
+
+absl::Status WriteSparsify(const std::string& dir, const CheckpointContents& c) {
+  fs::create_directories(dir);
+  const auto& m = c.model;
+  nlohmann::json cfg = {{"activation", ArchitectureName(m.architecture)},
+                        {"expansion_factor", std::max<int64_t>(1, m.num_latents / m.d_in)},
+                        {"normalize_decoder", true},
+                        {"num_latents", m.num_latents},
+                        {"k", m.k},
+                        {"multi_topk", false},
+                        {"skip_connection", false},
+                        {"transcode", false},
+                        {"d_in", m.d_in}};
+  auto st = WriteJson((fs::path(dir) / "cfg.json").string(), cfg);
+  if (!st.ok()) return st;
+  const auto& p = c.published;
+  return WriteSafetensors((fs::path(dir) / "sae.safetensors").string(),
+                          {{"encoder.weight", p.w_enc}, {"encoder.bias", p.b_enc},
+                           {"W_dec", p.w_dec}, {"b_dec", p.b_pre}});
+}
+
+absl::Status WriteSaeLens(const std::string& dir, const CheckpointContents& c) {
+  fs::create_directories(dir);
+  const auto& m = c.model;
+  nlohmann::json cfg = {
+      {"architecture", m.architecture == Architecture::kTopK ? "topk" : "standard"},
+      {"d_in", m.d_in},
+      {"d_sae", m.num_latents},
+      {"dtype", "float32"},
+      {"device", "cpu"},
+      {"apply_b_dec_to_input", true},
+      {"normalize_activations",
+       m.normalize_inputs == InputNormalization::kLayerNorm ? "layer_norm" : "none"},
+      {"reshape_activations", "none"},
+      {"rescale_acts_by_decoder_norm", false},
+      {"metadata", {{"sae_lens_version", "6.18.0"}, {"model_name", ""}, {"hook_name", c.hookpoint},
+                    {"context_size", 0}, {"dataset_path", c.dataset_path}}}};
+  if (m.architecture == Architecture::kTopK) cfg["k"] = m.k;
+  auto st = WriteJson((fs::path(dir) / "cfg.json").string(), cfg);
+  if (!st.ok()) return st;
+  const auto& p = c.published;
+  st = WriteSafetensors((fs::path(dir) / "sae_weights.safetensors").string(),
+                        {{"W_enc", p.w_enc.t().contiguous()}, {"b_enc", p.b_enc},
+                         {"W_dec", p.w_dec}, {"b_dec", p.b_pre}});
+  if (!st.ok() || c.evaluation == nullptr) return st;
+  return WriteSafetensors((fs::path(dir) / "sparsity.safetensors").string(),
+                          {{"sparsity", c.evaluation->log10_density}});
+}
+
+}  // namespace
+
+nlohmann::json ModelConfigToJson(const ModelConfig& m) {
+  return {{"architecture", ArchitectureName(m.architecture)},
+          {"d_in", m.d_in},
+          {"num_latents", m.num_latents},
+          {"k", m.k},
+          {"k_aux", m.k_aux},
+          {"auxk_alpha", m.auxk_alpha},
+          {"dead_tokens_threshold", m.dead_tokens_threshold},
+          {"l1_coefficient", m.l1_coefficient},
+          {"normalize_inputs", m.normalize_inputs == InputNormalization::kLayerNorm ? "layer_norm" : "none"}};
+}
+
+absl::StatusOr<ModelConfig> ModelConfigFromJson(const nlohmann::json& j) {
+  ModelConfig m;
+  try {
+    const std::string arch = j.at("architecture").get<std::string>();
+    if (arch != "topk" && arch != "relu") return absl::DataLossError("unknown architecture " + arch);
+    m.architecture = arch == "topk" ? Architecture::kTopK : Architecture::kReLU;
+    m.d_in = j.at("d_in").get<int64_t>();
+    m.num_latents = j.at("num_latents").get<int64_t>();
+    m.k = j.at("k").get<int64_t>();
+    m.k_aux = j.value("k_aux", int64_t{0});
+    m.auxk_alpha = j.value("auxk_alpha", m.auxk_alpha);
+    m.dead_tokens_threshold = j.value("dead_tokens_threshold", m.dead_tokens_threshold);
+    m.l1_coefficient = j.value("l1_coefficient", m.l1_coefficient);
+    m.normalize_inputs = j.value("normalize_inputs", std::string("none")) == "layer_norm"
+                             ? InputNormalization::kLayerNorm
+                             : InputNormalization::kNone;
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(absl::StrCat("model config: ", e.what()));
+  }
+  if (m.d_in <= 0 || m.num_latents <= 0 || m.k <= 0) {
+    return absl::DataLossError("model config: d_in, num_latents and k must be positive");
+  }
+  return m;
+}
+
+absl::StatusOr<std::string> WriteCheckpoint(const std::string& output_dir,
+                                            const CheckpointContents& c) {
+  const fs::path root = CheckpointsDir(output_dir);
+  const fs::path final_dir = root / StepDirName(c.state.step);
+  const fs::path tmp_dir = root / (StepDirName(c.state.step) + ".tmp");
+  std::error_code ec;
+  fs::remove_all(tmp_dir, ec);
+  fs::create_directories(tmp_dir, ec);
+  if (ec) return absl::InternalError("cannot create " + tmp_dir.string() + ": " + ec.message());
+
+  auto st = WriteSparsify((tmp_dir / c.hookpoint).string(), c);
+  if (st.ok() && c.export_saelens) st = WriteSaeLens((tmp_dir / "saelens").string(), c);
+  if (!st.ok()) return st;
+
+  const auto& s = c.state;
+  auto tensors = Named("params.", c.raw.All());
+  for (auto& t : Named("adam.exp_avg.", s.adam_exp_avg)) tensors.push_back(t);
+  for (auto& t : Named("adam.exp_avg_sq.", s.adam_exp_avg_sq)) tensors.push_back(t);
+  for (auto& t : Named("ema.", s.ema_shadow)) tensors.push_back(t);
+  tensors.emplace_back("dead.tokens_since_fired", s.tokens_since_fired);
+  if (s.rng_state.defined()) tensors.emplace_back("rng.cpu", s.rng_state);
+  st = WriteSafetensors((tmp_dir / "trainer_state.safetensors").string(), tensors);
+  if (!st.ok()) return st;
+  nlohmann::json state = {{"format_version", kFormatVersion},
+                          {"step", s.step},
+                          {"tokens", s.tokens},
+                          {"data_cursor", {{"epoch", s.cursor.epoch}, {"offset", s.cursor.offset}}},
+                          {"adam_step", s.adam_step},
+                          {"ema_updates", s.ema_updates},
+                          {"has_ema", !s.ema_shadow.empty()},
+                          {"published_weights", c.published_is_ema ? "ema" : "raw"},
+                          {"hookpoint", c.hookpoint},
+                          {"model", ModelConfigToJson(c.model)}};
+  st = WriteJson((tmp_dir / "trainer_state.json").string(), state);
+  if (!st.ok()) return st;
+  if (c.evaluation != nullptr) {
+    st = WriteJson((tmp_dir / "evaluation.json").string(), EvalResultToJson(*c.evaluation));
+    if (!st.ok()) return st;
+  }
+  fs::remove_all(final_dir, ec);
+  fs::rename(tmp_dir, final_dir, ec);
+  if (ec) return absl::InternalError("cannot rename " + tmp_dir.string() + ": " + ec.message());
+  st = WriteFileAtomically((root / kLatest).string(), StepDirName(c.state.step) + "\n");
+  if (!st.ok()) return st;
+  return final_dir.string();
+}
+
+absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& output_dir) {
+  const fs::path root = CheckpointsDir(output_dir);
+  std::ifstream in(root / kLatest);
+  std::string name;
+  if (in && std::getline(in, name) && !name.empty() && fs::is_directory(root / name)) {
+    return (root / name).string();
+  }
+  // No LATEST (or it names a missing step): fall back to the highest complete step directory.
+  std::string best;
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return std::string();
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_directory() && absl::StartsWith(n, "step_") && !absl::EndsWith(n, ".tmp") && n > best) best = n;
+  }
+  return best.empty() ? std::string() : (root / best).string();
+}
+
+absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& step_dir) {
+  LoadedCheckpoint out;
+  out.dir = step_dir;
+  const std::string json_path = (fs::path(step_dir) / "trainer_state.json").string();
+  auto j = ReadJson(json_path);
+  if (!j.ok()) return j.status();
+  auto model = ModelConfigFromJson((*j).value("model", nlohmann::json::object()));
+  if (!model.ok()) return absl::DataLossError(json_path + ": " + std::string(model.status().message()));
+  out.model = *model;
+  auto& s = out.state;
+  try {
+    if (j->at("format_version").get<int>() != kFormatVersion) {
+      return absl::DataLossError(json_path + ": unsupported format_version");
+    }
+    s.step = j->at("step").get<int64_t>();
+    s.tokens = j->at("tokens").get<int64_t>();
+    s.cursor.epoch = j->at("data_cursor").at("epoch").get<int64_t>();
+    s.cursor.offset = j->at("data_cursor").at("offset").get<int64_t>();
+    s.adam_step = j->at("adam_step").get<int64_t>();
+    s.ema_updates = j->at("ema_updates").get<int64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(absl::StrCat(json_path, ": ", e.what()));
+  }
+  const bool has_ema = j->value("has_ema", false);
+  const std::string tensors_path = (fs::path(step_dir) / "trainer_state.safetensors").string();
+  auto file = SafetensorsFile::Open(tensors_path);
+  if (!file.ok()) return absl::DataLossError(std::string(file.status().message()));
+  const int64_t n = out.model.num_latents, d = out.model.d_in;
+  const std::vector<std::vector<int64_t>> shapes = {{n, d}, {n}, {n, d}, {d}};
+  std::vector<torch::Tensor> params;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const std::string& name = SaeParameters::Names()[i];
+    auto p = ReadTensor(*file, "params." + name, shapes[i]);
+    if (!p.ok()) return p.status();
+    params.push_back(*p);
+    auto m = ReadTensor(*file, "adam.exp_avg." + name, shapes[i]);
+    if (!m.ok()) return m.status();
+    s.adam_exp_avg.push_back(*m);
+    auto v = ReadTensor(*file, "adam.exp_avg_sq." + name, shapes[i]);
+    if (!v.ok()) return v.status();
+    s.adam_exp_avg_sq.push_back(*v);
+    if (has_ema) {
+      auto e = ReadTensor(*file, "ema." + name, shapes[i]);
+      if (!e.ok()) return e.status();
+      s.ema_shadow.push_back(*e);
+    }
+  }
+  out.raw = {params[0], params[1], params[2], params[3]};
+  auto dead = file->Get("dead.tokens_since_fired");
+  if (!dead.ok() || dead->sizes().vec() != std::vector<int64_t>{n} || dead->scalar_type() != torch::kLong) {
+    return absl::DataLossError(tensors_path + ": missing or malformed dead.tokens_since_fired");
+  }
+  s.tokens_since_fired = *dead;
+  if (file->Has("rng.cpu")) s.rng_state = *file->Get("rng.cpu");
+  return out;
+}
+
+absl::Status PruneCheckpoints(const std::string& output_dir, int64_t keep_last) {
+  if (keep_last <= 0) return absl::OkStatus();
+  std::vector<std::string> steps;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(CheckpointsDir(output_dir), ec)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_directory() && absl::StartsWith(n, "step_") && !absl::EndsWith(n, ".tmp")) {
+      steps.push_back(e.path().string());
+    }
+  }
+  std::sort(steps.begin(), steps.end());
+  for (size_t i = 0; i + keep_last < steps.size(); ++i) fs::remove_all(steps[i], ec);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SaeParameters> LoadSparsifySae(const std::string& dir, ModelConfig* config) {
+  const std::string cfg_path = (fs::path(dir) / "cfg.json").string();
+  auto cfg = ReadJson(cfg_path);
+  if (!cfg.ok()) return cfg.status();
+  ModelConfig m;
+  try {
+    const std::string act = cfg->at("activation").get<std::string>();
+    m.architecture = act == "relu" ? Architecture::kReLU : Architecture::kTopK;
+    m.d_in = cfg->at("d_in").get<int64_t>();
+    m.num_latents = cfg->at("num_latents").get<int64_t>();
+    m.k = cfg->at("k").get<int64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(absl::StrCat(cfg_path, ": ", e.what()));
+  }
+  const std::string weights = (fs::path(dir) / "sae.safetensors").string();
+  auto file = SafetensorsFile::Open(weights);
+  if (!file.ok()) return absl::DataLossError(std::string(file.status().message()));
+  const int64_t n = m.num_latents, d = m.d_in;
+  auto w_enc = ReadTensor(*file, "encoder.weight", {n, d});
+  auto b_enc = ReadTensor(*file, "encoder.bias", {n});
+  auto w_dec = ReadTensor(*file, "W_dec", {n, d});
+  auto b_dec = ReadTensor(*file, "b_dec", {d});
+  for (const auto* t : {&w_enc, &b_enc, &w_dec, &b_dec}) {
+    if (!t->ok()) return t->status();
+  }
+  if (config != nullptr) *config = ResolveModelConfig(m, d);
+  return SaeParameters{w_enc->to(torch::kFloat), b_enc->to(torch::kFloat), w_dec->to(torch::kFloat),
+                       b_dec->to(torch::kFloat)};
+}
+
+}  // namespace saegrid

@@ -1,0 +1,48 @@
+// What the trainer reads activations through: fixed-size training batches in a deterministic,
+// resumable order (prefetched in the background), the held-out evaluation split, and a sample
+// for initialisation.
+#pragma once
+
+#include <torch/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/config.h"
+#include "engine/data/activation_stream.h"
+
+namespace saegrid {
+
+class ActivationSource {
+ public:
+  virtual ~ActivationSource() = default;
+  virtual int64_t d_in() const = 0;
+  virtual absl::StatusOr<Batch> NextBatch() = 0;
+  // Position after the last batch NextBatch returned; Restore makes the next batch the one that
+  // followed it.
+  virtual DataCursor cursor() const = 0;
+  virtual absl::Status Restore(const DataCursor& cursor) = 0;
+  virtual absl::StatusOr<Batch> EvalSplit(int64_t max_rows) const = 0;
+  virtual absl::StatusOr<torch::Tensor> Sample(int64_t rows) const = 0;
+  // Ground-truth feature directions [F, d] when the data is synthetic; undefined otherwise.
+  virtual torch::Tensor ground_truth() const = 0;
+};
+
+// Opens the source a DataConfig names (files or the synthetic generator) for one data-parallel
+// replica.
+absl::StatusOr<std::unique_ptr<ActivationSource>> OpenActivationSource(const DataConfig& config,
+                                                                      int replica = 0,
+                                                                      int num_replicas = 1);
+
+// The shard files behind `path`: a directory (its *.npy and *.safetensors files in name order,
+// token files excluded), a manifest .json ({"shards": ["a.npy", {"path": ..., "tokens": ...}]},
+// paths relative to the manifest), or a single shard file.
+struct ShardPath {
+  std::string path;
+  std::string tokens_path;  // empty: the default pairing (X.tokens.npy)
+};
+absl::StatusOr<std::vector<ShardPath>> ListShardPaths(const std::string& path);
+
+}  // namespace saegrid

@@ -1,0 +1,22 @@
+// Tokens since each latent last fired (activation > 0). A latent is dead once that count reaches
+// the threshold; counting tokens, not steps, keeps the definition batch-size independent.
+#pragma once
+
+#include <torch/types.h>
+
+namespace saegrid {
+
+class DeadLatentTracker {
+ public:
+  explicit DeadLatentTracker(int64_t num_latents);
+  // `indices`/`acts` are the step's [B, K] selection; `tokens` the batch's token count.
+  void Update(const torch::Tensor& indices, const torch::Tensor& acts, int64_t tokens);
+  torch::Tensor DeadMask(int64_t threshold) const { return tokens_since_fired_ >= threshold; }
+  int64_t CountDead(int64_t threshold) const { return DeadMask(threshold).sum().item<int64_t>(); }
+  torch::Tensor& tokens_since_fired() { return tokens_since_fired_; }
+
+ private:
+  torch::Tensor tokens_since_fired_;  // [n] int64
+};
+
+}  // namespace saegrid

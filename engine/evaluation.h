@@ -1,0 +1,56 @@
+// Evaluation of an SAE on held-out activations: reconstruction (FVU, MSE), sparsity (L0, dead and
+// never-fired fractions, the log10 latent-density histogram), the dense-latents check of seed 000,
+// and, when ground-truth features exist, recovery (MMCS, fraction recovered at a cosine bar).
+#pragma once
+
+#include <torch/types.h>
+
+#include <string>
+#include <vector>
+
+#include "engine/sae_model.h"
+#include "nlohmann/json.hpp"
+
+namespace saegrid {
+
+struct EvalResult {
+  int64_t tokens = 0;
+  int64_t num_latents = 0;
+  double fvu = 0;
+  double mse = 0;
+  double l0 = 0;
+  double dead_fraction = 0;          // from training: silent for dead_tokens_threshold tokens
+  double never_fired_fraction = 0;   // on the evaluation tokens
+  // log10 of each latent's firing density on the evaluation tokens, binned on
+  // [histogram_low, 0] in steps of histogram_step; latents that never fired are counted apart.
+  double histogram_low = -8;
+  double histogram_step = 0.5;
+  std::vector<int64_t> density_histogram;
+  int64_t never_fired = 0;
+  torch::Tensor log10_density;  // [n], log10(density + 1e-10); for SAELens' sparsity file
+  // Seed 000, E.5: mean density of the d_in densest latents, and that divided by L0.
+  double densest_latents_mean_density = 0;
+  double densest_latents_ratio = 0;
+  // Ground truth (synthetic data only).
+  bool has_ground_truth = false;
+  int64_t num_true_features = 0;
+  double mmcs = 0;
+  double recovery_cosine = 0.9;
+  double recovered_fraction = 0;
+};
+
+// `inputs` are raw activations (normalised here as the model is configured); `weights` the
+// parameters to evaluate (e.g. the EMA); `ground_truth` [F, d] or undefined.
+EvalResult Evaluate(const SaeModel& model, const SaeParameters& weights, const torch::Tensor& inputs,
+                    const torch::Tensor& ground_truth, double dead_fraction,
+                    double recovery_cosine = 0.9);
+
+// Mean over true features of the max cosine similarity to any decoder row, and the fraction of
+// features whose max reaches `bar`.
+std::pair<double, double> FeatureRecovery(const torch::Tensor& decoder_rows,
+                                          const torch::Tensor& features, double bar);
+
+nlohmann::json EvalResultToJson(const EvalResult& result);
+std::string FormatEvalTable(const EvalResult& result);
+
+}  // namespace saegrid

@@ -1,0 +1,62 @@
+// Adam (PyTorch semantics, no weight decay), the learning-rate schedule, global-norm gradient
+// clipping and a bias-corrected EMA of the weights. State is plain tensors so that checkpoints
+// can save and restore it exactly.
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/config.h"
+
+namespace saegrid {
+
+class Adam {
+ public:
+  Adam(std::vector<torch::Tensor> params, const OptimizerConfig& config);
+  // One update from the parameters' .grad() at learning rate `lr`.
+  void Step(double lr);
+
+  int64_t step() const { return step_; }
+  void set_step(int64_t step) { step_ = step; }
+  std::vector<torch::Tensor>& exp_avg() { return exp_avg_; }
+  std::vector<torch::Tensor>& exp_avg_sq() { return exp_avg_sq_; }
+
+ private:
+  std::vector<torch::Tensor> params_;
+  OptimizerConfig config_;
+  std::vector<torch::Tensor> exp_avg_, exp_avg_sq_;
+  int64_t step_ = 0;
+};
+
+// Linear warm-up over warmup_steps, then constant, or linear decay to 0 from
+// decay_start_fraction * total_steps. `step` counts from 0.
+double ScheduledLearningRate(const OptimizerConfig& config, double base_lr, int64_t step,
+                             int64_t total_steps);
+
+// The default learning rate: 2e-4 / sqrt(num_latents / 2^14).
+double DefaultLearningRate(int64_t num_latents);
+
+// Scales gradients so that their global L2 norm is at most max_norm; returns the norm before.
+double ClipGradientNorm(const std::vector<torch::Tensor>& params, double max_norm);
+
+// Exponential moving average of the weights, bias-corrected like Adam's moments:
+// average = shadow / (1 - decay^updates).
+class WeightEma {
+ public:
+  WeightEma(const std::vector<torch::Tensor>& params, double decay);
+  void Update(const std::vector<torch::Tensor>& params);
+  std::vector<torch::Tensor> Averaged() const;
+
+  std::vector<torch::Tensor>& shadow() { return shadow_; }
+  int64_t updates() const { return updates_; }
+  void set_updates(int64_t n) { updates_ = n; }
+
+ private:
+  double decay_;
+  std::vector<torch::Tensor> shadow_;
+  int64_t updates_ = 0;
+};
+
+}  // namespace saegrid

@@ -1,0 +1,88 @@
+// The training loop of one SAE in one process: data, sparse step, Adam with schedule, clipping
+// and EMA, dead-latent tracking, periodic checkpoints, resume, and the final evaluation.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "engine/config.h"
+#include "engine/data/activation_source.h"
+#include "engine/dead_latents.h"
+#include "engine/evaluation.h"
+#include "engine/optimizer.h"
+#include "engine/sae_model.h"
+
+namespace saegrid {
+
+struct StepMetrics {
+  int64_t step = 0;  // steps completed
+  int64_t total_steps = 0;
+  int64_t tokens = 0;  // tokens trained on so far
+  double fvu = 0, mse = 0, auxk_loss = 0, l1_loss = 0, l0 = 0;
+  int64_t num_dead = 0;
+  double dead_fraction = 0;
+  double lr = 0;
+  double grad_norm = 0;
+  double step_seconds = 0;
+  double tokens_per_second = 0;  // this step
+};
+
+class TrainingObserver {
+ public:
+  virtual ~TrainingObserver() = default;
+  virtual void OnStart(int64_t step, int64_t total_steps, bool resumed) {}
+  virtual void OnStep(const StepMetrics& metrics) {}
+  virtual void OnCheckpoint(const std::string& dir, int64_t step) {}
+  virtual void OnEvaluation(const EvalResult& result) {}
+};
+
+class Trainer {
+ public:
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(const TrainConfig& config);
+
+  // Trains until total_tokens (or RequestStop), checkpointing every checkpoint.every_steps and
+  // at the end, where it also evaluates. Returns the final evaluation.
+  absl::StatusOr<EvalResult> Train(TrainingObserver* observer = nullptr);
+  absl::StatusOr<StepMetrics> Step();
+  absl::StatusOr<EvalResult> Evaluate();
+  absl::StatusOr<std::string> WriteCheckpointNow(const EvalResult* evaluation);
+  // Safe from another thread or a signal handler: the loop checkpoints and returns after the
+  // current step.
+  void RequestStop() { stop_requested_.store(true); }
+
+  int64_t step() const { return step_; }
+  int64_t total_steps() const { return total_steps_; }
+  int64_t tokens() const { return tokens_; }
+  bool resumed() const { return resumed_; }
+  const std::string& resumed_from() const { return resumed_from_; }
+  const SaeModel& model() const { return *model_; }
+  const TrainConfig& config() const { return config_; }
+  int threads() const { return threads_; }
+  // The weights evaluation and publication use: the EMA when enabled, else the raw weights.
+  SaeParameters PublishedWeights() const;
+
+ private:
+  Trainer() = default;
+  absl::Status Resume(const std::string& step_dir);
+
+  TrainConfig config_;
+  int threads_ = 1;
+  std::unique_ptr<ActivationSource> source_;
+  std::unique_ptr<SaeModel> model_;
+  std::unique_ptr<Adam> adam_;
+  std::unique_ptr<WeightEma> ema_;
+  std::unique_ptr<DeadLatentTracker> dead_;
+  double base_lr_ = 0;
+  int64_t step_ = 0;
+  int64_t tokens_ = 0;
+  int64_t total_steps_ = 0;
+  bool resumed_ = false;
+  std::string resumed_from_;
+  std::optional<torch::Tensor> eval_inputs_;
+  std::atomic<bool> stop_requested_{false};
+};
+
+}  // namespace saegrid
