@@ -1,0 +1,205 @@
+#include "spec/train_config.h"
+
+#include <cmath>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace saegrid {
+namespace {
+
+absl::Status Bad(const std::string& field, const std::string& rule) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", rule));
+}
+
+// Ranges: `value` must lie in [lo, hi].
+template <typename T>
+absl::Status InRange(const std::string& field, T value, T lo, T hi) {
+  if (value < lo || value > hi || (std::is_floating_point_v<T> && !std::isfinite(value))) {
+    return Bad(field, absl::StrCat("must be in [", lo, ", ", hi, "], got ", value));
+  }
+  return absl::OkStatus();
+}
+
+#define SAEGRID_RETURN_IF_ERROR(expr)   \
+  do {                                  \
+    const absl::Status _st = (expr);    \
+    if (!_st.ok()) return _st;          \
+  } while (0)
+
+absl::Status MapModel(const v1::ModelSpec& s, ModelConfig* m) {
+  if (s.architecture().empty() || s.architecture() == "topk") m->architecture = Architecture::kTopK;
+  else if (s.architecture() == "relu") m->architecture = Architecture::kReLU;
+  else return Bad("model.architecture", "must be \"topk\" or \"relu\", got \"" + s.architecture() + "\"");
+  if (s.d_in() != 0) SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("model.d_in", s.d_in(), 1, kMaxDimension));
+  m->d_in = s.d_in();
+  if (s.num_latents() != 0) SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("model.num_latents", s.num_latents(), 1, kMaxLatents));
+  m->num_latents = s.num_latents();
+  if (s.expansion_factor() != 0) {
+    SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("model.expansion_factor", s.expansion_factor(), 1, 4096));
+    m->expansion_factor = s.expansion_factor();
+  }
+  if (s.k() != 0) {
+    SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("model.k", s.k(), 1, 65536));
+    m->k = s.k();
+  }
+  if (m->num_latents > 0 && m->k > m->num_latents) {
+    return Bad("model.k", absl::StrCat("(", m->k, ") exceeds model.num_latents (", m->num_latents, ")"));
+  }
+  if (s.normalize_inputs().empty() || s.normalize_inputs() == "none") m->normalize_inputs = InputNormalization::kNone;
+  else if (s.normalize_inputs() == "layer_norm") m->normalize_inputs = InputNormalization::kLayerNorm;
+  else return Bad("model.normalize_inputs", "must be \"none\" or \"layer_norm\", got \"" + s.normalize_inputs() + "\"");
+  if (s.decoder_init().empty() || s.decoder_init() == "random_unit") m->decoder_init = DecoderInit::kRandomUnit;
+  else if (s.decoder_init() == "orthogonal") m->decoder_init = DecoderInit::kOrthogonal;
+  else return Bad("model.decoder_init", "must be \"random_unit\" or \"orthogonal\", got \"" + s.decoder_init() + "\"");
+  if (s.geometric_median_samples() != 0) {
+    SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("model.geometric_median_samples", s.geometric_median_samples(), 1, 1 << 20));
+    m->geometric_median_samples = s.geometric_median_samples();
+  }
+  if (s.k_aux() != 0) SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("model.k_aux", s.k_aux(), 1, kMaxLatents));
+  m->k_aux = s.k_aux();
+  if (s.has_auxk_alpha()) {
+    SAEGRID_RETURN_IF_ERROR(InRange("model.auxk_alpha", s.auxk_alpha(), 0.0, 1e3));
+    m->auxk_alpha = s.auxk_alpha();
+  }
+  if (s.dead_tokens_threshold() != 0) {
+    SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("model.dead_tokens_threshold", s.dead_tokens_threshold(), 1, int64_t{1} << 50));
+    m->dead_tokens_threshold = s.dead_tokens_threshold();
+  }
+  if (s.has_l1_coefficient()) {
+    SAEGRID_RETURN_IF_ERROR(InRange("model.l1_coefficient", s.l1_coefficient(), 0.0, 1e6));
+    m->l1_coefficient = s.l1_coefficient();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MapOptimizer(const v1::OptimizerSpec& s, OptimizerConfig* o) {
+  if (s.lr() != 0) SAEGRID_RETURN_IF_ERROR(InRange("optimizer.lr", s.lr(), 1e-12, 10.0));
+  o->lr = s.lr();
+  if (s.has_beta1()) SAEGRID_RETURN_IF_ERROR(InRange("optimizer.beta1", s.beta1(), 0.0, 0.999999));
+  if (s.has_beta1()) o->beta1 = s.beta1();
+  if (s.has_beta2()) SAEGRID_RETURN_IF_ERROR(InRange("optimizer.beta2", s.beta2(), 0.0, 0.99999999));
+  if (s.has_beta2()) o->beta2 = s.beta2();
+  if (s.has_eps()) SAEGRID_RETURN_IF_ERROR(InRange("optimizer.eps", s.eps(), 0.0, 1.0));
+  if (s.has_eps()) o->eps = s.eps();
+  SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("optimizer.warmup_steps", s.warmup_steps(), 0, int64_t{1} << 40));
+  o->warmup_steps = s.warmup_steps();
+  if (s.lr_decay().empty() || s.lr_decay() == "none") o->lr_decay = LrDecay::kNone;
+  else if (s.lr_decay() == "linear") o->lr_decay = LrDecay::kLinear;
+  else return Bad("optimizer.lr_decay", "must be \"none\" or \"linear\", got \"" + s.lr_decay() + "\"");
+  if (s.has_decay_start_fraction()) {
+    SAEGRID_RETURN_IF_ERROR(InRange("optimizer.decay_start_fraction", s.decay_start_fraction(), 0.0, 1.0));
+    o->decay_start_fraction = s.decay_start_fraction();
+  }
+  SAEGRID_RETURN_IF_ERROR(InRange("optimizer.grad_clip_norm", s.grad_clip_norm(), 0.0, 1e12));
+  o->grad_clip_norm = s.grad_clip_norm();
+  SAEGRID_RETURN_IF_ERROR(InRange("optimizer.ema_decay", s.ema_decay(), 0.0, 0.999999));
+  o->ema_decay = s.ema_decay();
+  return absl::OkStatus();
+}
+
+absl::Status MapData(const v1::DataSpec& s, DataConfig* d) {
+  const bool has_path = !s.path().empty();
+  if (has_path == s.has_synthetic()) {
+    return Bad("data", "set exactly one of data.path and data.synthetic");
+  }
+  d->path = s.path();
+  d->use_synthetic = s.has_synthetic();
+  if (s.has_synthetic()) {
+    const auto& y = s.synthetic();
+    auto& c = d->synthetic;
+    if (y.num_samples() != 0) SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("data.synthetic.num_samples", y.num_samples(), 2, int64_t{1} << 26));
+    if (y.num_samples() != 0) c.num_samples = y.num_samples();
+    if (y.num_features() != 0) SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("data.synthetic.num_features", y.num_features(), 1, 1 << 16));
+    if (y.num_features() != 0) c.num_features = y.num_features();
+    if (y.d() != 0) SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("data.synthetic.d", y.d(), 1, kMaxDimension));
+    if (y.d() != 0) c.d = y.d();
+    if (y.has_avg_active_features()) {
+      SAEGRID_RETURN_IF_ERROR(InRange("data.synthetic.avg_active_features", y.avg_active_features(), 1e-6, static_cast<double>(c.num_features)));
+      c.avg_active_features = y.avg_active_features();
+    }
+    if (y.has_lambda_decay()) {
+      SAEGRID_RETURN_IF_ERROR(InRange("data.synthetic.lambda_decay", y.lambda_decay(), 0.0, 10.0));
+      c.lambda_decay = y.lambda_decay();
+    }
+    c.seed = y.seed();
+  }
+  if (!s.dtype().empty() && s.dtype() != "bf16") {
+    return Bad("data.dtype", "must be empty or \"bf16\", got \"" + s.dtype() + "\"");
+  }
+  d->dtype_override = s.dtype();
+  if (s.batch_size() != 0) SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("data.batch_size", s.batch_size(), 1, kMaxBatchSize));
+  if (s.batch_size() != 0) d->batch_size = s.batch_size();
+  if (s.block_rows() != 0) SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("data.block_rows", s.block_rows(), 1, kMaxBatchSize));
+  if (s.block_rows() != 0) d->block_rows = s.block_rows();
+  if (s.shuffle_buffer_blocks() != 0) SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("data.shuffle_buffer_blocks", s.shuffle_buffer_blocks(), 1, 1 << 16));
+  if (s.shuffle_buffer_blocks() != 0) d->shuffle_buffer_blocks = s.shuffle_buffer_blocks();
+  if (s.has_prefetch_batches()) SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("data.prefetch_batches", s.prefetch_batches(), 0, 64));
+  if (s.has_prefetch_batches()) d->prefetch_batches = s.prefetch_batches();
+  if (s.has_eval_fraction()) SAEGRID_RETURN_IF_ERROR(InRange("data.eval_fraction", s.eval_fraction(), 0.0, 0.5));
+  if (s.has_eval_fraction()) d->eval_fraction = s.eval_fraction();
+  if (s.eval_max_tokens() != 0) SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("data.eval_max_tokens", s.eval_max_tokens(), 1, int64_t{1} << 26));
+  if (s.eval_max_tokens() != 0) d->eval_max_tokens = s.eval_max_tokens();
+  d->seed = s.seed();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<TrainConfig> ToTrainConfig(const v1::JobSpec& spec) {
+  TrainConfig c;
+  c.name = spec.name();
+  SAEGRID_RETURN_IF_ERROR(MapModel(spec.model(), &c.model));
+  SAEGRID_RETURN_IF_ERROR(MapOptimizer(spec.optimizer(), &c.optimizer));
+  SAEGRID_RETURN_IF_ERROR(MapData(spec.data(), &c.data));
+  if (c.data.use_synthetic && c.model.d_in != 0 && c.model.d_in != c.data.synthetic.d) {
+    return Bad("model.d_in", absl::StrCat("is ", c.model.d_in, " but data.synthetic.d is ", c.data.synthetic.d));
+  }
+  const auto& t = spec.training();
+  if (t.total_tokens() <= 0) return Bad("training.total_tokens", "is required and must be > 0");
+  SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("training.total_tokens", t.total_tokens(), 1, int64_t{1} << 50));
+  c.training.total_tokens = t.total_tokens();
+  if (t.log_every_steps() != 0) SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("training.log_every_steps", t.log_every_steps(), 1, int64_t{1} << 40));
+  if (t.log_every_steps() != 0) c.training.log_every_steps = t.log_every_steps();
+  c.training.seed = t.seed();
+
+  const auto& p = spec.parallelism();
+  SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("parallelism.shards", p.shards(), 0, 4096));
+  SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("parallelism.replicas", p.replicas(), 0, 4096));
+  if (p.shards() > 1 || p.replicas() > 1) {
+    return Bad("parallelism", "shards/replicas > 1 need the distributed runner, which this build "
+                              "does not have yet; use shards: 1, replicas: 1");
+  }
+  if (!p.backend().empty() && p.backend() != "gloo" && p.backend() != "nccl") {
+    return Bad("parallelism.backend", "must be \"gloo\" or \"nccl\", got \"" + p.backend() + "\"");
+  }
+  if (!p.device().empty() && p.device() != "cpu" && p.device() != "cuda") {
+    return Bad("parallelism.device", "must be \"cpu\" or \"cuda\", got \"" + p.device() + "\"");
+  }
+  if (p.device() == "cuda") return Bad("parallelism.device", "cuda is not available in this build");
+
+  const auto& k = spec.checkpoint();
+  if (!k.output_dir().empty()) c.checkpoint.output_dir = k.output_dir();
+  if (!k.hookpoint().empty()) {
+    if (k.hookpoint().find('/') != std::string::npos || k.hookpoint() == "." || k.hookpoint() == "..") {
+      return Bad("checkpoint.hookpoint", "must be a plain directory name, got \"" + k.hookpoint() + "\"");
+    }
+    c.checkpoint.hookpoint = k.hookpoint();
+  }
+  SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("checkpoint.every_steps", k.every_steps(), 0, int64_t{1} << 40));
+  c.checkpoint.every_steps = k.every_steps();
+  if (k.has_keep_last()) SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("checkpoint.keep_last", k.keep_last(), 0, 1 << 20));
+  if (k.has_keep_last()) c.checkpoint.keep_last = k.keep_last();
+  if (k.has_export_saelens()) c.checkpoint.export_saelens = k.export_saelens();
+  if (k.has_resume()) c.checkpoint.resume = k.resume();
+
+  if (spec.evaluation().has_recovery_cosine()) {
+    SAEGRID_RETURN_IF_ERROR(InRange("evaluation.recovery_cosine", spec.evaluation().recovery_cosine(), 0.0, 1.0));
+    c.evaluation.recovery_cosine = spec.evaluation().recovery_cosine();
+  }
+  SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("resources.num_threads", spec.resources().num_threads(), 0, 1024));
+  c.runtime.num_threads = static_cast<int>(spec.resources().num_threads());
+  return c;
+}
+
+}  // namespace saegrid
