@@ -64,8 +64,10 @@ absl::StatusOr<nlohmann::json> YamlToJson(const YAML::Node& node, const std::str
 // same with one dotted path.
 std::string RewriteProtoError(const std::string& message) {
   static const std::regex unknown(R"(^\(([^)]*)\) ([^:]+): Cannot find field\.?)");
+  static const std::regex top_level_unknown(R"(^([^(:]+): Cannot find field\.?)");
   static const std::regex at_path(R"(^\(([^)]*)\):? ?(.*)$)");
   std::smatch m;
+  if (std::regex_search(message, m, top_level_unknown)) return m[1].str() + ": unknown field";
   if (std::regex_search(message, m, unknown)) {
     const std::string parent = m[1].str();
     return (parent.empty() ? "" : parent + ".") + m[2].str() + ": unknown field";

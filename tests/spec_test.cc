@@ -1,0 +1,128 @@
+// The job specification as users write it: YAML/JSON parsing into saegrid.v1.JobSpec, rejection
+// of unknown and ill-typed fields by name, validation, the shipped examples, and the `saegrid`
+// binary's exit codes on bad input.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "spec/job_spec_loader.h"
+#include "spec/train_config.h"
+#include "tests/test_support.h"
+
+namespace saegrid {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr char kValid[] = R"(
+model: {num_latents: 64, k: 4}
+data: {synthetic: {num_samples: 4096, num_features: 32, d: 16}, batch_size: 128}
+training: {total_tokens: 1024}
+)";
+
+std::string SpecError(const std::string& text) {
+  auto spec = ParseJobSpec(text, "job.yaml");
+  if (!spec.ok()) return std::string(spec.status().message());
+  auto config = ToTrainConfig(*spec);
+  return config.ok() ? std::string("OK") : std::string(config.status().message());
+}
+
+TEST(JobSpec, YamlAndJsonMapOntoTheEngineConfig) {
+  auto spec = ParseJobSpec(kValid, "job.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  auto c = ToTrainConfig(*spec);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->model.num_latents, 64);
+  EXPECT_EQ(c->model.k, 4);
+  EXPECT_TRUE(c->data.use_synthetic);
+  EXPECT_EQ(c->data.synthetic.d, 16);
+  EXPECT_EQ(c->training.total_tokens, 1024);
+  EXPECT_DOUBLE_EQ(c->model.auxk_alpha, 1.0 / 32);  // default
+  auto json = ParseJobSpec(R"({"model": {"k": 4}, "data": {"path": "/x"}, "training": {"total_tokens": 5}})", "job.json");
+  ASSERT_TRUE(json.ok()) << json.status();
+  EXPECT_EQ(json->data().path(), "/x");
+}
+
+TEST(JobSpec, UnknownAndIllTypedFieldsAreNamed) {
+  EXPECT_THAT(SpecError("model: {kk: 3}\n"), HasSubstr("model.kk: unknown field"));
+  EXPECT_THAT(SpecError("modle: {k: 3}\n"), HasSubstr("modle: unknown field"));
+  EXPECT_THAT(SpecError("model: {k: abc}\n"), HasSubstr("model.k"));
+  EXPECT_THAT(SpecError("model: {k: 1.5}\n"), HasSubstr("model.k"));
+  EXPECT_THAT(SpecError("optimizer: {lr: fast}\n"), HasSubstr("optimizer.lr"));
+  EXPECT_THAT(SpecError("model: [1, 2]\n"), HasSubstr("model"));
+  EXPECT_THAT(SpecError("model: {k: 1}\nmodel: {k: 2}\n"), HasSubstr("model"));
+  EXPECT_THAT(SpecError("- just\n- a list\n"), HasSubstr("top level must be a mapping"));
+  EXPECT_THAT(SpecError("model: {k: [unclosed\n"), HasSubstr("not valid YAML"));
+}
+
+TEST(JobSpec, BadValuesAreNamedWithTheRule) {
+  const std::string base = kValid;
+  EXPECT_THAT(SpecError(base + "optimizer: {lr: -1}\n"), HasSubstr("optimizer.lr: must be in"));
+  EXPECT_THAT(SpecError("model: {architecture: gated}\ndata: {path: x}\ntraining: {total_tokens: 1}\n"),
+              HasSubstr("model.architecture: must be \"topk\" or \"relu\", got \"gated\""));
+  EXPECT_THAT(SpecError("model: {num_latents: 8, k: 9}\ndata: {path: x}\ntraining: {total_tokens: 1}\n"),
+              HasSubstr("model.k: (9) exceeds model.num_latents (8)"));
+  EXPECT_THAT(SpecError("data: {path: x}\n"), HasSubstr("training.total_tokens: is required"));
+  EXPECT_THAT(SpecError("data: {path: x, synthetic: {}}\ntraining: {total_tokens: 1}\n"),
+              HasSubstr("set exactly one of data.path and data.synthetic"));
+  EXPECT_THAT(SpecError(base + "checkpoint: {hookpoint: ../escape}\n"), HasSubstr("checkpoint.hookpoint"));
+  EXPECT_THAT(SpecError(base + "data: {path: x, batch_size: 0}\n"), HasSubstr("data"));
+  EXPECT_THAT(SpecError("model: {num_latents: 99999999999}\ndata: {path: x}\ntraining: {total_tokens: 1}\n"),
+              HasSubstr("model.num_latents: must be in"));
+  EXPECT_THAT(SpecError(std::string(kValid) + "parallelism: {backend: mpi}\n"), HasSubstr("parallelism.backend"));
+  EXPECT_THAT(SpecError("model: {normalize_inputs: rms}\ndata: {path: x}\ntraining: {total_tokens: 1}\n"),
+              HasSubstr("model.normalize_inputs"));
+}
+
+TEST(JobSpec, ShippedExamplesAreValid) {
+  const std::filesystem::path examples = std::filesystem::path(SAEGRID_SOURCE_DIR) / "examples";
+  int count = 0;
+  for (const auto& e : std::filesystem::directory_iterator(examples)) {
+    SCOPED_TRACE(e.path().string());
+    auto spec = LoadJobSpecFile(e.path().string());
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    EXPECT_TRUE(ToTrainConfig(*spec).ok());
+    ++count;
+  }
+  EXPECT_GE(count, 2);
+}
+
+int RunCli(const std::string& args, const std::string& log) {
+  const std::string cmd = std::string(SAEGRID_BINARY) + " " + args + " > " + log + " 2>&1";
+  const int rc = std::system(cmd.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+TEST(SaegridCli, BadConfigExitsTwoNamingTheField) {
+  testing::TempDir dir;
+  testing::WriteFile(dir / "bad.yaml", "model: {k: 4, widht: 3}\n");
+  EXPECT_EQ(RunCli("train --config " + (dir / "bad.yaml"), dir / "log"), 2);
+  EXPECT_THAT(testing::ReadFile(dir / "log"), HasSubstr("model.widht: unknown field"));
+  EXPECT_EQ(RunCli("train --config " + (dir / "missing.yaml"), dir / "log"), 2);
+  EXPECT_THAT(testing::ReadFile(dir / "log"), HasSubstr("missing.yaml"));
+  EXPECT_EQ(RunCli("train", dir / "log"), 2);
+  EXPECT_EQ(RunCli("frobnicate", dir / "log"), 2);
+  // Data that does not exist is named too.
+  testing::WriteFile(dir / "nodata.yaml", "data: {path: " + (dir / "nope") + "}\ntraining: {total_tokens: 10}\n");
+  EXPECT_EQ(RunCli("train --config " + (dir / "nodata.yaml"), dir / "log"), 2);
+  EXPECT_THAT(testing::ReadFile(dir / "log"), HasSubstr("nope does not exist"));
+}
+
+TEST(SaegridCli, TrainsWritesCheckpointAndEvaluation) {
+  testing::TempDir dir;
+  testing::WriteFile(dir / "job.yaml", std::string(kValid) + "checkpoint: {output_dir: " + (dir / "out") + "}\n");
+  ASSERT_EQ(RunCli("train --config " + (dir / "job.yaml") + " --threads 1", dir / "log"), 0)
+      << testing::ReadFile(dir / "log");
+  const std::string log = testing::ReadFile(dir / "log");
+  EXPECT_THAT(log, HasSubstr("MMCS"));
+  EXPECT_THAT(log, HasSubstr("FVU"));
+  const std::string latest = testing::ReadFile(dir / "out/checkpoints/LATEST");
+  const std::string step = dir / ("out/checkpoints/" + latest.substr(0, latest.size() - 1));
+  EXPECT_TRUE(std::filesystem::exists(step + "/sae/sae.safetensors"));
+  EXPECT_TRUE(std::filesystem::exists(step + "/evaluation.json"));
+}
+
+}  // namespace
+}  // namespace saegrid
