@@ -114,7 +114,7 @@ int RunTrainCommand(int argc, char** argv) {
     absl::FPrintF(stderr, "saegrid: training failed: %s\n", result.status().message());
     return 1;
   }
-  absl::FPrintF(stdout, "evaluation (held-out split):\n%s", FormatEvalTable(*result));
+  absl::FPrintF(stdout, "evaluation:\n%s", FormatEvalTable(*result));
   std::fflush(stdout);
   return g_interrupted ? 130 : 0;
 }

@@ -81,6 +81,7 @@ EvalResult Evaluate(const SaeModel& model, const SaeParameters& weights, const t
 
 nlohmann::json EvalResultToJson(const EvalResult& r) {
   nlohmann::json j = {
+      {"split", r.split},
       {"tokens", r.tokens},
       {"num_latents", r.num_latents},
       {"fvu", r.fvu},
@@ -104,9 +105,9 @@ nlohmann::json EvalResultToJson(const EvalResult& r) {
 
 std::string FormatEvalTable(const EvalResult& r) {
   std::string s = absl::StrFormat(
-      "  %-30s %12d\n  %-30s %12.5f\n  %-30s %12.6g\n  %-30s %12.2f\n  %-30s %11.2f%%\n"
+      "  %-30s %12s\n  %-30s %12d\n  %-30s %12.5f\n  %-30s %12.6g\n  %-30s %12.2f\n  %-30s %11.2f%%\n"
       "  %-30s %11.2f%%\n  %-30s %12.4g\n",
-      "evaluation tokens", r.tokens, "FVU", r.fvu, "MSE", r.mse, "L0", r.l0, "dead (training)",
+      "evaluation split", r.split, "evaluation tokens", r.tokens, "FVU", r.fvu, "MSE", r.mse, "L0", r.l0, "dead (training)",
       100 * r.dead_fraction, "never fired (eval)", 100 * r.never_fired_fraction,
       "densest-latents ratio", r.densest_latents_ratio);
   if (r.has_ground_truth) {

@@ -14,6 +14,9 @@
 namespace saegrid {
 
 struct EvalResult {
+  // "held_out" normally; "training_sample" when the data has no held-out blocks
+  // (data.eval_fraction 0, or too few blocks), so the figures are in-sample.
+  std::string split = "held_out";
   int64_t tokens = 0;
   int64_t num_latents = 0;
   double fvu = 0;

@@ -176,13 +176,22 @@ absl::StatusOr<EvalResult> Trainer::Evaluate() {
     auto split = source_->EvalSplit(config_.data.eval_max_tokens);
     if (!split.ok()) return split.status();
     eval_inputs_ = split->x;
+    if (eval_inputs_->size(0) == 0) {
+      // No held-out blocks: evaluate in-sample rather than report figures of zero tokens.
+      auto sample = source_->Sample(config_.data.eval_max_tokens);
+      if (!sample.ok()) return sample.status();
+      eval_inputs_ = *sample;
+      eval_split_ = "training_sample";
+    }
   }
   const double dead_fraction =
       static_cast<double>(dead_->CountDead(config_.model.dead_tokens_threshold)) /
       config_.model.num_latents;
   torch::Tensor truth = source_->ground_truth();
-  return saegrid::Evaluate(*model_, PublishedWeights(), *eval_inputs_, truth, dead_fraction,
-                           config_.evaluation.recovery_cosine);
+  EvalResult result = saegrid::Evaluate(*model_, PublishedWeights(), *eval_inputs_, truth,
+                                       dead_fraction, config_.evaluation.recovery_cosine);
+  result.split = eval_split_;
+  return result;
 }
 
 absl::StatusOr<std::string> Trainer::WriteCheckpointNow(const EvalResult* evaluation) {

@@ -82,6 +82,7 @@ class Trainer {
   bool resumed_ = false;
   std::string resumed_from_;
   std::optional<torch::Tensor> eval_inputs_;
+  std::string eval_split_ = "held_out";
   std::atomic<bool> stop_requested_{false};
 };
 

@@ -130,13 +130,13 @@ TEST(Trainer, CheckpointHasSparsifyAndSaeLensLayouts) {
   EXPECT_DOUBLE_EQ(eval_json["fvu"].get<double>(), eval->fvu);
   EXPECT_TRUE(eval_json.contains("ground_truth"));
 
-  // The published SAE reloads and evaluates to the same figures.
+  // The published SAE reloads to exactly the weights the trainer evaluated.
+  EXPECT_EQ(eval_json["split"], "held_out");
   ModelConfig loaded_config;
   auto weights = LoadSparsifySae((fs::path(step) / "sae").string(), &loaded_config);
   ASSERT_TRUE(weights.ok()) << weights.status();
-  SaeModel model(loaded_config);
-  auto truth = t->Evaluate();
-  ASSERT_TRUE(truth.ok());
+  EXPECT_EQ(loaded_config.num_latents, 256);
+  EXPECT_EQ(loaded_config.k, 8);
   for (size_t i = 0; i < 4; ++i) EXPECT_TRUE(torch::equal(weights->All()[i], t->PublishedWeights().All()[i]));
 }
 
@@ -164,6 +164,18 @@ TEST(Trainer, RefusesCorruptAndIncompatibleCheckpoints) {
   auto bad_json = Trainer::Create(c);
   ASSERT_FALSE(bad_json.ok());
   EXPECT_THAT(std::string(bad_json.status().message()), HasSubstr("trainer_state.json"));
+}
+
+TEST(Trainer, WithoutAHeldOutSplitEvaluatesInSampleAndSaysSo) {
+  TempDir dir;
+  TrainConfig c = SmallConfig(dir / "run");
+  c.data.eval_fraction = 0;
+  c.training.total_tokens = 256 * 2;
+  auto eval = Make(c)->Train();
+  ASSERT_TRUE(eval.ok()) << eval.status();
+  EXPECT_EQ(eval->split, "training_sample");
+  EXPECT_GT(eval->tokens, 0);
+  EXPECT_GT(eval->fvu, 0);
 }
 
 TEST(Trainer, DataWidthMismatchIsNamed) {
