@@ -52,12 +52,14 @@ void ProgressPrinter::OnStep(const StepMetrics& m) {
       "step %d/%d | %s tok/s | FVU %.4f | L0 %.1f | dead %.2f%% | aux %.3g | lr %.2e | ETA %s",
       m.step, m.total_steps, Rate(rate), m.fvu, m.l0, 100 * m.dead_fraction, m.auxk_loss, m.lr,
       Duration(eta));
+  const std::string overflow =
+      m.overflow_tokens_total > 0 ? absl::StrFormat(" | overflow %.2f%%", 100 * m.overflow_rate_total) : "";
   if (tty_) {
-    absl::FPrintF(out_, "\r\033[K%s", line);
+    absl::FPrintF(out_, "\r\033[K%s%s", line, overflow);
     line_open_ = true;
     if (last) EndLine();
   } else {
-    absl::FPrintF(out_, "%s\n", line);
+    absl::FPrintF(out_, "%s%s\n", line, overflow);
   }
   std::fflush(out_);
 }

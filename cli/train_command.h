@@ -4,7 +4,7 @@
 namespace saegrid::cli {
 
 // Exit codes: 0 trained, 2 bad usage or configuration, 1 training or I/O failure,
-// 130 interrupted (a final checkpoint was written).
+// 3 lost a peer rank (or the rendezvous), 130 interrupted (a final checkpoint was written).
 int RunTrainCommand(int argc, char** argv);
 
 }  // namespace saegrid::cli

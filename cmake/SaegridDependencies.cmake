@@ -38,3 +38,27 @@ if(SAEGRID_BUILD_TESTS)
   find_package(GTest QUIET)
   saegrid_require(GTest_FOUND "GoogleTest" "libgtest-dev libgmock-dev")
 endif()
+
+# Collective backends. Gloo is required where its headers are packaged (Debian: libgloo-dev);
+# a LibTorch without them (e.g. a pip wheel on a GPU box) builds without the Gloo backend.
+include(CheckIncludeFileCXX)
+find_path(SAEGRID_GLOO_INCLUDE_DIR gloo/algorithm.h)
+if(SAEGRID_GLOO_INCLUDE_DIR)
+  set(SAEGRID_WITH_GLOO ON)
+elseif(EXISTS /etc/debian_version)
+  saegrid_require(SAEGRID_GLOO_INCLUDE_DIR "Gloo headers (gloo/algorithm.h)" "libgloo-dev")
+endif()
+
+# NCCL: built when the CUDA toolkit and NCCL are found (e.g. /usr/local/cuda).
+option(SAEGRID_ENABLE_NCCL "Build the NCCL backend when CUDA and NCCL are found" ON)
+if(SAEGRID_ENABLE_NCCL)
+  find_package(CUDAToolkit QUIET)
+  find_path(SAEGRID_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} /usr/local/cuda/include)
+  find_library(SAEGRID_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/local/cuda/lib64)
+  if(CUDAToolkit_FOUND AND SAEGRID_NCCL_INCLUDE_DIR AND SAEGRID_NCCL_LIBRARY)
+    set(SAEGRID_WITH_NCCL ON)
+    message(STATUS "saegrid: NCCL backend enabled (${SAEGRID_NCCL_LIBRARY})")
+  else()
+    message(STATUS "saegrid: NCCL backend disabled (CUDA toolkit or NCCL not found)")
+  endif()
+endif()

@@ -151,29 +151,50 @@ absl::StatusOr<ModelConfig> ModelConfigFromJson(const nlohmann::json& j) {
   return m;
 }
 
-absl::StatusOr<std::string> WriteCheckpoint(const std::string& output_dir,
-                                            const CheckpointContents& c) {
-  const fs::path root = CheckpointsDir(output_dir);
-  const fs::path final_dir = root / StepDirName(c.state.step);
-  const fs::path tmp_dir = root / (StepDirName(c.state.step) + ".tmp");
+std::string CheckpointTempDir(const std::string& output_dir, int64_t step) {
+  return (fs::path(CheckpointsDir(output_dir)) / (StepDirName(step) + ".tmp")).string();
+}
+
+absl::Status BeginCheckpoint(const std::string& output_dir, int64_t step) {
+  const std::string tmp_dir = CheckpointTempDir(output_dir, step);
   std::error_code ec;
   fs::remove_all(tmp_dir, ec);
   fs::create_directories(tmp_dir, ec);
-  if (ec) return absl::InternalError("cannot create " + tmp_dir.string() + ": " + ec.message());
+  if (ec) return absl::InternalError("cannot create " + tmp_dir + ": " + ec.message());
+  return absl::OkStatus();
+}
 
-  auto st = WriteSparsify((tmp_dir / c.hookpoint).string(), c);
-  if (st.ok() && c.export_saelens) st = WriteSaeLens((tmp_dir / "saelens").string(), c);
-  if (!st.ok()) return st;
+std::string StateSliceFileName(int64_t shard, int64_t shards) {
+  if (shards == 1) return "trainer_state.safetensors";
+  return absl::StrFormat("trainer_state.shard-%05d-of-%05d.safetensors", shard, shards);
+}
 
-  const auto& s = c.state;
-  auto tensors = Named("params.", c.raw.All());
+absl::Status WriteStateSlice(const std::string& temp_dir, const std::string& file,
+                             const SaeParameters& raw, const TrainerState& s) {
+  auto tensors = Named("params.", raw.All());
   for (auto& t : Named("adam.exp_avg.", s.adam_exp_avg)) tensors.push_back(t);
   for (auto& t : Named("adam.exp_avg_sq.", s.adam_exp_avg_sq)) tensors.push_back(t);
   for (auto& t : Named("ema.", s.ema_shadow)) tensors.push_back(t);
   tensors.emplace_back("dead.tokens_since_fired", s.tokens_since_fired);
   if (s.rng_state.defined()) tensors.emplace_back("rng.cpu", s.rng_state);
-  st = WriteSafetensors((tmp_dir / "trainer_state.safetensors").string(), tensors);
+  return WriteSafetensors((fs::path(temp_dir) / file).string(), tensors);
+}
+
+absl::StatusOr<std::string> FinishCheckpoint(const std::string& output_dir, const CheckpointContents& c) {
+  const fs::path root = CheckpointsDir(output_dir);
+  const fs::path final_dir = root / StepDirName(c.state.step);
+  const fs::path tmp_dir = CheckpointTempDir(output_dir, c.state.step);
+  auto st = WriteSparsify((tmp_dir / c.hookpoint).string(), c);
+  if (st.ok() && c.export_saelens) st = WriteSaeLens((tmp_dir / "saelens").string(), c);
   if (!st.ok()) return st;
+  const auto& s = c.state;
+  nlohmann::json slices = nlohmann::json::array();
+  for (const auto& slice : c.slices) {
+    if (!fs::exists(tmp_dir / slice.file)) {
+      return absl::InternalError("checkpoint slice " + (tmp_dir / slice.file).string() + " was not written");
+    }
+    slices.push_back({{"file", slice.file}, {"latent_begin", slice.latent_begin}, {"latent_end", slice.latent_end}});
+  }
   nlohmann::json state = {{"format_version", kFormatVersion},
                           {"step", s.step},
                           {"tokens", s.tokens},
@@ -181,8 +202,11 @@ absl::StatusOr<std::string> WriteCheckpoint(const std::string& output_dir,
                           {"adam_step", s.adam_step},
                           {"ema_updates", s.ema_updates},
                           {"has_ema", !s.ema_shadow.empty()},
+                          {"overflow_tokens", s.overflow_tokens},
                           {"published_weights", c.published_is_ema ? "ema" : "raw"},
                           {"hookpoint", c.hookpoint},
+                          {"parallelism", {{"shards", c.shards}, {"replicas", c.replicas}}},
+                          {"state_slices", slices},
                           {"model", ModelConfigToJson(c.model)}};
   st = WriteJson((tmp_dir / "trainer_state.json").string(), state);
   if (!st.ok()) return st;
@@ -190,12 +214,25 @@ absl::StatusOr<std::string> WriteCheckpoint(const std::string& output_dir,
     st = WriteJson((tmp_dir / "evaluation.json").string(), EvalResultToJson(*c.evaluation));
     if (!st.ok()) return st;
   }
+  std::error_code ec;
   fs::remove_all(final_dir, ec);
   fs::rename(tmp_dir, final_dir, ec);
   if (ec) return absl::InternalError("cannot rename " + tmp_dir.string() + ": " + ec.message());
   st = WriteFileAtomically((root / kLatest).string(), StepDirName(c.state.step) + "\n");
   if (!st.ok()) return st;
   return final_dir.string();
+}
+
+absl::StatusOr<std::string> WriteCheckpoint(const std::string& output_dir,
+                                            const CheckpointContents& c) {
+  auto st = BeginCheckpoint(output_dir, c.state.step);
+  if (!st.ok()) return st;
+  const std::string file = StateSliceFileName(0, 1);
+  st = WriteStateSlice(CheckpointTempDir(output_dir, c.state.step), file, c.raw, c.state);
+  if (!st.ok()) return st;
+  CheckpointContents with_slice = c;
+  with_slice.slices = {{file, 0, c.model.num_latents}};
+  return FinishCheckpoint(output_dir, with_slice);
 }
 
 absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& output_dir) {
@@ -216,7 +253,8 @@ absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& output_dir) 
   return best.empty() ? std::string() : (root / best).string();
 }
 
-absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& step_dir) {
+absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& step_dir, int64_t latent_begin,
+                                                int64_t latent_end) {
   LoadedCheckpoint out;
   out.dir = step_dir;
   const std::string json_path = (fs::path(step_dir) / "trainer_state.json").string();
@@ -225,7 +263,16 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& step_dir) {
   auto model = ModelConfigFromJson((*j).value("model", nlohmann::json::object()));
   if (!model.ok()) return absl::DataLossError(json_path + ": " + std::string(model.status().message()));
   out.model = *model;
+  const int64_t n = out.model.num_latents, d = out.model.d_in;
+  if (latent_end < 0) latent_end = n;
+  if (latent_begin < 0 || latent_begin >= latent_end || latent_end > n) {
+    return absl::InvalidArgumentError(absl::StrCat("latents [", latent_begin, ", ", latent_end,
+                                                   ") are outside the checkpoint's ", n));
+  }
   auto& s = out.state;
+  s.latent_begin = latent_begin;
+  s.latent_end = latent_end;
+  std::vector<StateSliceInfo> slices;
   try {
     if (j->at("format_version").get<int>() != kFormatVersion) {
       return absl::DataLossError(json_path + ": unsupported format_version");
@@ -236,40 +283,70 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& step_dir) {
     s.cursor.offset = j->at("data_cursor").at("offset").get<int64_t>();
     s.adam_step = j->at("adam_step").get<int64_t>();
     s.ema_updates = j->at("ema_updates").get<int64_t>();
+    s.overflow_tokens = j->value("overflow_tokens", int64_t{0});
+    for (const auto& slice : j->value("state_slices", nlohmann::json::array())) {
+      slices.push_back({slice.at("file").get<std::string>(), slice.at("latent_begin").get<int64_t>(),
+                        slice.at("latent_end").get<int64_t>()});
+    }
   } catch (const nlohmann::json::exception& e) {
     return absl::DataLossError(absl::StrCat(json_path, ": ", e.what()));
   }
-  const bool has_ema = j->value("has_ema", false);
-  const std::string tensors_path = (fs::path(step_dir) / "trainer_state.safetensors").string();
-  auto file = SafetensorsFile::Open(tensors_path);
-  if (!file.ok()) return absl::DataLossError(std::string(file.status().message()));
-  const int64_t n = out.model.num_latents, d = out.model.d_in;
-  const std::vector<std::vector<int64_t>> shapes = {{n, d}, {n}, {n, d}, {d}};
-  std::vector<torch::Tensor> params;
-  for (size_t i = 0; i < shapes.size(); ++i) {
-    const std::string& name = SaeParameters::Names()[i];
-    auto p = ReadTensor(*file, "params." + name, shapes[i]);
-    if (!p.ok()) return p.status();
-    params.push_back(*p);
-    auto m = ReadTensor(*file, "adam.exp_avg." + name, shapes[i]);
-    if (!m.ok()) return m.status();
-    s.adam_exp_avg.push_back(*m);
-    auto v = ReadTensor(*file, "adam.exp_avg_sq." + name, shapes[i]);
-    if (!v.ok()) return v.status();
-    s.adam_exp_avg_sq.push_back(*v);
-    if (has_ema) {
-      auto e = ReadTensor(*file, "ema." + name, shapes[i]);
-      if (!e.ok()) return e.status();
-      s.ema_shadow.push_back(*e);
+  if (slices.empty()) slices.push_back({"trainer_state.safetensors", 0, n});
+  // The slices must tile [0, n) in order.
+  int64_t covered = 0;
+  for (const auto& slice : slices) {
+    if (slice.latent_begin != covered || slice.latent_end <= slice.latent_begin ||
+        slice.file.find('/') != std::string::npos) {
+      return absl::DataLossError(json_path + ": state_slices do not tile the latents in order");
     }
+    covered = slice.latent_end;
+  }
+  if (covered != n) return absl::DataLossError(json_path + ": state_slices do not cover all latents");
+  const bool has_ema = j->value("has_ema", false);
+
+  // Per-latent tensors: the overlapping rows of every slice, concatenated. b_pre: the first one.
+  std::vector<std::vector<torch::Tensor>> parts(3 * 4 + 1);  // params, m, v, ema x 4 names; dead
+  std::vector<torch::Tensor> whole(4);                      // b_pre, its m, v, ema
+  for (const auto& slice : slices) {
+    const int64_t lo = std::max(latent_begin, slice.latent_begin), hi = std::min(latent_end, slice.latent_end);
+    if (lo >= hi) continue;
+    const std::string tensors_path = (fs::path(step_dir) / slice.file).string();
+    auto file = SafetensorsFile::Open(tensors_path);
+    if (!file.ok()) return absl::DataLossError(std::string(file.status().message()));
+    const int64_t rows = slice.latent_end - slice.latent_begin;
+    const std::vector<std::vector<int64_t>> shapes = {{rows, d}, {rows}, {rows, d}, {d}};
+    const std::vector<std::string> groups = {"params.", "adam.exp_avg.", "adam.exp_avg_sq.", "ema."};
+    for (size_t g = 0; g < groups.size(); ++g) {
+      if (g == 3 && !has_ema) continue;
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        auto t = ReadTensor(*file, groups[g] + SaeParameters::Names()[i], shapes[i]);
+        if (!t.ok()) return t.status();
+        if (i == 3) {
+          if (!whole[g].defined()) whole[g] = *t;
+        } else {
+          parts[g * 3 + i].push_back(t->narrow(0, lo - slice.latent_begin, hi - lo));
+        }
+      }
+    }
+    auto dead = file->Get("dead.tokens_since_fired");
+    if (!dead.ok() || dead->sizes().vec() != std::vector<int64_t>{rows} || dead->scalar_type() != torch::kLong) {
+      return absl::DataLossError(tensors_path + ": missing or malformed dead.tokens_since_fired");
+    }
+    parts[12].push_back(dead->narrow(0, lo - slice.latent_begin, hi - lo));
+    if (!s.rng_state.defined() && file->Has("rng.cpu")) s.rng_state = *file->Get("rng.cpu");
+  }
+  auto cat = [](const std::vector<torch::Tensor>& ts) { return torch::cat(ts, 0).contiguous(); };
+  std::vector<torch::Tensor> params;
+  for (size_t g = 0; g < 4; ++g) {
+    if (g == 3 && !has_ema) break;
+    std::vector<torch::Tensor> four = {cat(parts[g * 3]), cat(parts[g * 3 + 1]), cat(parts[g * 3 + 2]), whole[g]};
+    if (g == 0) params = four;
+    if (g == 1) s.adam_exp_avg = four;
+    if (g == 2) s.adam_exp_avg_sq = four;
+    if (g == 3) s.ema_shadow = four;
   }
   out.raw = {params[0], params[1], params[2], params[3]};
-  auto dead = file->Get("dead.tokens_since_fired");
-  if (!dead.ok() || dead->sizes().vec() != std::vector<int64_t>{n} || dead->scalar_type() != torch::kLong) {
-    return absl::DataLossError(tensors_path + ": missing or malformed dead.tokens_since_fired");
-  }
-  s.tokens_since_fired = *dead;
-  if (file->Has("rng.cpu")) s.rng_state = *file->Get("rng.cpu");
+  s.tokens_since_fired = cat(parts[12]);
   return out;
 }
 

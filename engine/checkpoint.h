@@ -5,6 +5,8 @@
 //     <hookpoint>/cfg.json, <hookpoint>/sae.safetensors   EleutherAI sparsify layout
 //     saelens/cfg.json, sae_weights.safetensors, sparsity.safetensors   SAELens v6 export
 //     trainer_state.json, trainer_state.safetensors      everything resume needs
+//       (a sharded run writes one trainer_state.shard-SSSSS-of-TTTTT.safetensors per latent
+//       shard instead; trainer_state.json lists the slices and their latent ranges)
 //     evaluation.json                                     when the step was evaluated
 //
 // The published weights (sparsify, SAELens) are the EMA weights when EMA is on, else the raw
@@ -25,7 +27,11 @@
 
 namespace saegrid {
 
+// The trainer state of the latents [latent_begin, latent_end): rows of W_enc, b_enc, W_dec, their
+// moments, EMA and dead counters (b_pre and its moments are whole in every slice).
 struct TrainerState {
+  int64_t latent_begin = 0;
+  int64_t latent_end = 0;
   int64_t step = 0;
   int64_t tokens = 0;
   DataCursor cursor;
@@ -35,6 +41,13 @@ struct TrainerState {
   std::vector<torch::Tensor> ema_shadow;  // empty without EMA
   int64_t ema_updates = 0;
   torch::Tensor rng_state;  // LibTorch's default CPU generator
+  int64_t overflow_tokens = 0;  // capacity overflows so far (sharded runs)
+};
+
+struct StateSliceInfo {
+  std::string file;
+  int64_t latent_begin = 0;
+  int64_t latent_end = 0;
 };
 
 struct CheckpointContents {
@@ -45,7 +58,9 @@ struct CheckpointContents {
   SaeParameters raw;
   SaeParameters published;
   bool published_is_ema = false;
-  TrainerState state;
+  TrainerState state;  // the scalars; FinishCheckpoint ignores its tensors
+  std::vector<StateSliceInfo> slices;  // written with WriteStateSlice before FinishCheckpoint
+  int64_t shards = 1, replicas = 1;    // the layout that wrote it (informational)
   const EvalResult* evaluation = nullptr;
 };
 
@@ -56,12 +71,26 @@ struct LoadedCheckpoint {
   TrainerState state;
 };
 
-// Writes the step directory; returns its path.
+// Writes the step directory of a single process (one state slice); returns its path.
 absl::StatusOr<std::string> WriteCheckpoint(const std::string& output_dir,
                                             const CheckpointContents& contents);
+
+// The steps of a checkpoint written by several ranks: one rank begins it (a fresh temporary
+// directory), every shard writes its state slice into it, and that rank finishes it (published
+// weights, trainer_state.json, rename, LATEST).
+std::string CheckpointTempDir(const std::string& output_dir, int64_t step);
+absl::Status BeginCheckpoint(const std::string& output_dir, int64_t step);
+std::string StateSliceFileName(int64_t shard, int64_t shards);
+absl::Status WriteStateSlice(const std::string& temp_dir, const std::string& file,
+                             const SaeParameters& raw, const TrainerState& state);
+absl::StatusOr<std::string> FinishCheckpoint(const std::string& output_dir,
+                                             const CheckpointContents& contents);
 // The newest complete step directory under output_dir, or "" when there is none.
 absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& output_dir);
-absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& step_dir);
+// Loads the state of latents [latent_begin, latent_end) (latent_end < 0: all of them) from
+// whichever slices hold them, so that a checkpoint resumes into any shard layout.
+absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& step_dir, int64_t latent_begin = 0,
+                                                int64_t latent_end = -1);
 // Removes all but the newest `keep_last` step directories (keep_last <= 0 keeps all).
 absl::Status PruneCheckpoints(const std::string& output_dir, int64_t keep_last);
 

@@ -91,6 +91,19 @@ struct EvaluationConfig {
   double recovery_cosine = 0.9;
 };
 
+struct ParallelConfig {
+  // World = shards x replicas ranks. Each shard owns num_latents / shards latents; each replica
+  // trains on batch_size / replicas rows of every batch.
+  int64_t shards = 1;
+  int64_t replicas = 1;
+  // Each shard offers k_in = min(ceil(capacity_factor * k / shards), k) top-k candidates.
+  double capacity_factor = 2.0;
+  bool exact = false;              // offer k candidates per shard: the exact global top-k
+  std::string backend = "gloo";    // "gloo" (CPU tensors) or "nccl" (CUDA tensors)
+  std::string device = "cpu";      // "cpu" or "cuda"
+  double timeout_seconds = 300;    // a collective or the rendezvous gives up after this
+};
+
 struct RuntimeConfig {
   int num_threads = 0;  // 0: all cores of this machine
 };
@@ -103,6 +116,7 @@ struct TrainConfig {
   TrainingConfig training;
   CheckpointConfig checkpoint;
   EvaluationConfig evaluation;
+  ParallelConfig parallelism;
   RuntimeConfig runtime;
 };
 

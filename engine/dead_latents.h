@@ -11,6 +11,10 @@ class DeadLatentTracker {
   explicit DeadLatentTracker(int64_t num_latents);
   // `indices`/`acts` are the step's [B, K] selection; `tokens` the batch's token count.
   void Update(const torch::Tensor& indices, const torch::Tensor& acts, int64_t tokens);
+  // [n] int32, 1 where a latent fired in this selection: what data-parallel replicas combine
+  // (max) before UpdateFired, so that a latent that fired on any replica has fired.
+  torch::Tensor FiredMask(const torch::Tensor& indices, const torch::Tensor& acts) const;
+  void UpdateFired(const torch::Tensor& fired_mask, int64_t tokens);
   torch::Tensor DeadMask(int64_t threshold) const { return tokens_since_fired_ >= threshold; }
   int64_t CountDead(int64_t threshold) const { return DeadMask(threshold).sum().item<int64_t>(); }
   torch::Tensor& tokens_since_fired() { return tokens_since_fired_; }

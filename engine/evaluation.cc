@@ -94,6 +94,13 @@ nlohmann::json EvalResultToJson(const EvalResult& r) {
       {"densest_latents_mean_density", r.densest_latents_mean_density},
       {"densest_latents_ratio", r.densest_latents_ratio},
   };
+  if (r.shards > 1) {
+    j["sharding"] = {{"shards", r.shards},
+                     {"candidates_per_shard", r.candidates_per_shard},
+                     {"training_overflow_tokens", r.training_overflow_tokens},
+                     {"training_overflow_rate", r.training_overflow_rate},
+                     {"eval_overflow_rate", r.eval_overflow_rate}};
+  }
   if (r.has_ground_truth) {
     j["ground_truth"] = {{"num_features", r.num_true_features},
                          {"mmcs", r.mmcs},
@@ -114,6 +121,12 @@ std::string FormatEvalTable(const EvalResult& r) {
     absl::StrAppend(&s, absl::StrFormat("  %-30s %12.4f\n  %-30s %11.2f%%\n", "MMCS", r.mmcs,
                                         absl::StrFormat("recovered (cos >= %.2f)", r.recovery_cosine),
                                         100 * r.recovered_fraction));
+  }
+  if (r.shards > 1) {
+    absl::StrAppend(&s, absl::StrFormat(
+        "  %-30s %12s\n  %-30s %11.3f%%\n  %-30s %11.3f%%\n", "shards x candidates",
+        absl::StrFormat("%d x %d", r.shards, r.candidates_per_shard), "capacity overflow (training)",
+        100 * r.training_overflow_rate, "capacity overflow (eval)", 100 * r.eval_overflow_rate));
   }
   absl::StrAppend(&s, "  log10 density histogram:");
   for (size_t b = 0; b < r.density_histogram.size(); ++b) {

@@ -40,6 +40,13 @@ struct EvalResult {
   double mmcs = 0;
   double recovery_cosine = 0.9;
   double recovered_fraction = 0;
+  // Sharded training (shards > 1): the capacity factor's effect. Overflow = a token whose lowest
+  // offered candidate on some shard made the global top-k, so its selection may be truncated.
+  int64_t shards = 1;
+  int64_t candidates_per_shard = 0;       // k_in
+  int64_t training_overflow_tokens = 0;   // over the whole run
+  double training_overflow_rate = 0;
+  double eval_overflow_rate = 0;          // the evaluation tokens under the same (S, k_in)
 };
 
 // `inputs` are raw activations (normalised here as the model is configured); `weights` the

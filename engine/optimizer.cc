@@ -51,19 +51,27 @@ double DefaultLearningRate(int64_t num_latents) {
   return 2e-4 / std::sqrt(static_cast<double>(num_latents) / 16384.0);
 }
 
-double ClipGradientNorm(const std::vector<torch::Tensor>& params, double max_norm) {
+double SquaredGradientNorm(const std::vector<torch::Tensor>& params) {
   torch::NoGradGuard no_grad;
   double total = 0;
   for (const auto& p : params) {
     if (p.grad().defined()) total += p.grad().to(torch::kDouble).pow(2).sum().item<double>();
   }
-  const double norm = std::sqrt(total);
-  if (max_norm > 0 && norm > max_norm) {
-    const double scale = max_norm / (norm + 1e-6);
-    for (const auto& p : params) {
-      if (p.grad().defined()) p.mutable_grad().mul_(scale);
-    }
+  return total;
+}
+
+void ScaleGradientsToNorm(const std::vector<torch::Tensor>& params, double norm, double max_norm) {
+  if (max_norm <= 0 || norm <= max_norm) return;
+  torch::NoGradGuard no_grad;
+  const double scale = max_norm / (norm + 1e-6);
+  for (const auto& p : params) {
+    if (p.grad().defined()) p.mutable_grad().mul_(scale);
   }
+}
+
+double ClipGradientNorm(const std::vector<torch::Tensor>& params, double max_norm) {
+  const double norm = std::sqrt(SquaredGradientNorm(params));
+  ScaleGradientsToNorm(params, norm, max_norm);
   return norm;
 }
 

@@ -40,6 +40,10 @@ double DefaultLearningRate(int64_t num_latents);
 
 // Scales gradients so that their global L2 norm is at most max_norm; returns the norm before.
 double ClipGradientNorm(const std::vector<torch::Tensor>& params, double max_norm);
+// The pieces, for a norm summed over shards: the squared L2 norm of the gradients, and the
+// scaling that brings a total norm `norm` down to `max_norm` (max_norm <= 0: no clipping).
+double SquaredGradientNorm(const std::vector<torch::Tensor>& params);
+void ScaleGradientsToNorm(const std::vector<torch::Tensor>& params, double norm, double max_norm);
 
 // Exponential moving average of the weights, bias-corrected like Adam's moments:
 // average = shadow / (1 - decay^updates).

@@ -4,8 +4,12 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <limits>
 
+#include "absl/strings/str_cat.h"
+#include "engine/sharded_selection.h"
 #include "engine/sparse_autograd.h"
 #include "kernels/sparse_ops.h"
 
@@ -16,11 +20,52 @@ constexpr double kLayerNormEps = 1e-5;
 
 double Scalar(const torch::Tensor& t) { return t.detach().to(torch::kDouble).item<double>(); }
 
-// sum((a - mean_over_batch(a))^2): the FVU denominator. A constant batch gives 0; the caller
-// guards against dividing by it.
-torch::Tensor TotalVariance(const torch::Tensor& a) {
-  return (a - a.mean(0, /*keepdim=*/true)).pow(2).sum();
+// sum((a - mean(a))^2) over the rows of every replica: the FVU denominator of the global batch.
+// One pass of float64 sums (sum of rows, sum of squares) so that one all-reduce suffices; a
+// constant batch gives 0 and the caller guards against dividing by it.
+absl::StatusOr<double> GlobalTotalVariance(const torch::Tensor& a, Communicator* replicas) {
+  torch::NoGradGuard no_grad;
+  const auto a64 = a.detach().to(torch::kDouble);
+  auto sums = torch::cat({a64.sum(0), a64.pow(2).sum().view({1}),
+                          torch::full({1}, static_cast<double>(a.size(0)), torch::kDouble)});
+  if (replicas != nullptr) {
+    auto st = replicas->AllReduce(sums, ReduceOp::kSum);
+    if (!st.ok()) return st;
+  }
+  const int64_t d = a.size(1);
+  const double rows = sums[d + 1].item<double>();
+  const double sum_sq = sums[d].item<double>();
+  const double mean_term = sums.narrow(0, 0, d).pow(2).sum().item<double>() / std::max(rows, 1.0);
+  return std::max(sum_sq - mean_term, 0.0);
 }
+
+// The sum of every shard's partial reconstruction: the value is the all-reduced total, the
+// gradient flows to this shard's partial unchanged (every shard computes the same loss from the
+// same total, so dL/d partial = dL/d total).
+absl::StatusOr<torch::Tensor> SumOverShards(const torch::Tensor& partial, Communicator* shards) {
+  if (shards == nullptr || shards->size() == 1) return partial;
+  auto total = partial.detach().clone();
+  auto st = shards->AllReduce(total, ReduceOp::kSum);
+  if (!st.ok()) return st;
+  return total + (partial - partial.detach());
+}
+
+// Adds the seconds of its scope to one field of a StepProfile (when there is one).
+class ScopedPhase {
+ public:
+  ScopedPhase(StepProfile* profile, double StepProfile::*field)
+      : profile_(profile), field_(field), start_(std::chrono::steady_clock::now()) {}
+  ~ScopedPhase() {
+    if (profile_ != nullptr) {
+      profile_->*field_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    }
+  }
+
+ private:
+  StepProfile* profile_;
+  double StepProfile::*field_;
+  std::chrono::steady_clock::time_point start_;
+};
 
 }  // namespace
 
@@ -61,14 +106,36 @@ torch::Tensor GeometricMedian(const torch::Tensor& points, int max_iterations, d
   return median.to(points.scalar_type());
 }
 
-SaeModel::SaeModel(const ModelConfig& config) : config_(config) {
+void FinalizeMetrics(ForwardOutput& out, int64_t d_in) {
+  const auto& s = out.sums;
+  const double tokens = std::max(s.tokens, 1.0);
+  out.fvu = s.error_sq / std::max(out.variance, 1e-30);
+  out.mse = s.error_sq / (tokens * static_cast<double>(d_in));
+  out.auxk_loss = out.residual_variance > 0 ? s.aux_error_sq / out.residual_variance : 0;
+  out.l1_loss = s.l1 / tokens;
+  out.l0 = s.active / tokens;
+  out.overflow_rate = s.overflow_tokens / tokens;
+}
+
+SaeModel::SaeModel(const ModelConfig& config, int64_t shard, int64_t shards) : config_(config) {
   TORCH_CHECK(config_.d_in > 0 && config_.num_latents > 0, "model config is not resolved");
+  TORCH_CHECK(shards >= 1 && shard >= 0 && shard < shards && config_.num_latents % shards == 0,
+              "num_latents must divide into the shards");
+  latent_count_ = config_.num_latents / shards;
+  latent_begin_ = shard * latent_count_;
   const auto opts = torch::TensorOptions().dtype(torch::kFloat);
-  params_.w_enc = torch::zeros({config_.num_latents, config_.d_in}, opts);
-  params_.b_enc = torch::zeros({config_.num_latents}, opts);
-  params_.w_dec = torch::zeros({config_.num_latents, config_.d_in}, opts);
+  params_.w_enc = torch::zeros({latent_count_, config_.d_in}, opts);
+  params_.b_enc = torch::zeros({latent_count_}, opts);
+  params_.w_dec = torch::zeros({latent_count_, config_.d_in}, opts);
   params_.b_pre = torch::zeros({config_.d_in}, opts);
   for (auto& p : params_.All()) p.set_requires_grad(true);
+}
+
+SaeModel SaeModel::ForInference(const ModelConfig& config) {
+  SaeModel m;
+  m.config_ = config;
+  m.latent_count_ = config.num_latents;
+  return m;
 }
 
 void SaeModel::Initialize(const torch::Tensor& sample, uint64_t seed) {
@@ -86,6 +153,7 @@ void SaeModel::Initialize(const torch::Tensor& sample, uint64_t seed) {
   } else {
     dec = torch::randn({n, d}, gen, torch::kFloat);
   }
+  dec = dec.narrow(0, latent_begin_, latent_count_);
   dec = dec / dec.norm(2, 1, true).clamp_min(1e-12);
   params_.w_dec.copy_(dec);
   params_.w_enc.copy_(dec);
@@ -130,17 +198,104 @@ std::optional<Selection> SaeModel::SelectAux(const torch::Tensor& pre,
 
 ForwardOutput SaeModel::TrainingForward(const torch::Tensor& x, const torch::Tensor& dead_mask,
                                         ComputePath path) const {
+  auto out = Forward(x, dead_mask, path, nullptr);
+  TORCH_CHECK(out.ok(), std::string(out.status().message()));
+  return *std::move(out);
+}
+
+absl::StatusOr<ForwardOutput> SaeModel::ParallelTrainingForward(const torch::Tensor& x,
+                                                                const torch::Tensor& dead_mask,
+                                                                const ParallelForward& parallel) const {
+  return Forward(x, dead_mask, ComputePath::kSparse, &parallel);
+}
+
+absl::Status SaeModel::ReduceShardGradients(const ForwardOutput& out, Communicator* shards) const {
+  if (!out.encoder_b_pre.defined()) return absl::OkStatus();
+  torch::NoGradGuard no_grad;
+  torch::Tensor g = out.encoder_b_pre.grad();
+  g = g.defined() ? g.contiguous() : torch::zeros_like(params_.b_pre);
+  auto st = shards->AllReduce(g, ReduceOp::kSum);
+  if (!st.ok()) return st;
+  auto grad = params_.b_pre.mutable_grad();
+  if (grad.defined()) {
+    grad.add_(g);
+  } else {
+    params_.b_pre.mutable_grad() = g;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ForwardOutput> SaeModel::Forward(const torch::Tensor& x, const torch::Tensor& dead_mask,
+                                                ComputePath path, const ParallelForward* parallel) const {
   const auto& p = params_;
   const int64_t batch = x.size(0);
+  Communicator* shards = parallel != nullptr && parallel->shards != nullptr && parallel->shards->size() > 1
+                             ? parallel->shards : nullptr;
+  Communicator* replicas = parallel != nullptr && parallel->replicas != nullptr &&
+                                   parallel->replicas->size() > 1
+                               ? parallel->replicas : nullptr;
+  const double num_replicas = replicas != nullptr ? replicas->size() : 1;
+  const bool topk = config_.architecture == Architecture::kTopK;
+  if (shards != nullptr && path != ComputePath::kSparse) {
+    return absl::InvalidArgumentError("the dense reference path runs unsharded only");
+  }
+  StepProfile* profile = parallel != nullptr ? parallel->profile : nullptr;
+  ForwardOutput out;
   torch::Tensor pre_dense;  // only the dense path keeps the B x n matrix in the graph
   torch::Tensor pre_values;
   {
     torch::NoGradGuard no_grad;
+    ScopedPhase phase(profile, &StepProfile::encoder);
     pre_values = PreActivations(x, p);
   }
-  const Selection main = SelectMain(pre_values);
-  const std::optional<Selection> aux = SelectAux(pre_values, dead_mask);
+  std::optional<ScopedPhase> phase;  // the phase now running (reassigned as the pass goes on)
+  phase.emplace(profile, &StepProfile::topk);
 
+  // Selections. Sharded: local candidates, all-gathered values, the same cut on every shard;
+  // `*_keep` marks the candidates that made the global cut (undefined: all of them).
+  Selection main;
+  torch::Tensor main_keep, aux_keep;
+  std::optional<Selection> aux;
+  if (shards != nullptr && topk) {
+    torch::NoGradGuard no_grad;
+    const auto top = pre_values.topk(parallel->k_in, 1, true, true);
+    main = {std::get<1>(top), std::get<0>(top)};
+    phase.emplace(profile, &StepProfile::allgather);
+    auto gathered = shards->AllGather(main.values);
+    if (!gathered.ok()) return gathered.status();
+    phase.emplace(profile, &StepProfile::topk);
+    const bool can_overflow = parallel->k_in < std::min(config_.k, latent_count_);
+    GlobalCut cut = CutGlobalTopK(*gathered, shards->rank(), config_.k, can_overflow);
+    main_keep = cut.keep;
+    out.sums.overflow_tokens = static_cast<double>(cut.overflow.sum().item<int64_t>());
+    if (dead_mask.defined() && parallel->dead_total > 0) {
+      // AuxK over the dead latents, with the same exchange; -inf fills the slots of a shard
+      // with fewer dead latents than it may offer.
+      const auto dead = dead_mask.nonzero().squeeze(1);
+      const int64_t width = parallel->k_aux_in;
+      auto values = torch::full({batch, width}, -std::numeric_limits<float>::infinity(), pre_values.options());
+      auto indices = torch::zeros({batch, width}, torch::kLong);
+      const int64_t offered = std::min(width, dead.numel());
+      if (offered > 0) {
+        const auto t = pre_values.index_select(1, dead).topk(offered, 1, true, true);
+        values.narrow(1, 0, offered).copy_(std::get<0>(t));
+        const auto local = std::get<1>(t);
+        indices.narrow(1, 0, offered).copy_(dead.index_select(0, local.flatten()).view_as(local));
+      }
+      phase.emplace(profile, &StepProfile::allgather);
+      auto gathered_aux = shards->AllGather(values);
+      if (!gathered_aux.ok()) return gathered_aux.status();
+      phase.emplace(profile, &StepProfile::topk);
+      const int64_t k_aux = std::min(config_.k_aux, parallel->dead_total);
+      aux_keep = CutGlobalTopK(*gathered_aux, shards->rank(), k_aux, false).keep;
+      aux = Selection{indices, values.masked_fill(aux_keep.logical_not(), 0)};
+    }
+  } else {
+    main = SelectMain(pre_values);
+    aux = SelectAux(pre_values, dead_mask);
+  }
+
+  phase.emplace(profile, &StepProfile::decode);
   torch::Tensor x_hat, acts, e_hat;
   if (path == ComputePath::kSparse) {
     torch::Tensor x_centered;
@@ -148,24 +303,41 @@ ForwardOutput SaeModel::TrainingForward(const torch::Tensor& x, const torch::Ten
       torch::NoGradGuard no_grad;
       x_centered = x - p.b_pre;
     }
+    // A sharded encoder gives only its part of b_pre's gradient: route it to a separate leaf.
+    torch::Tensor b_pre_for_encoder = p.b_pre;
+    if (shards != nullptr) {
+      out.encoder_b_pre = p.b_pre.detach().clone().set_requires_grad(true);
+      b_pre_for_encoder = out.encoder_b_pre;
+    }
     // One gather for the main and AuxK selections, so W_enc gets a single gradient buffer.
     const int64_t k_main = main.indices.size(1);
     auto indices = aux ? torch::cat({main.indices, aux->indices}, 1) : main.indices;
     auto values = aux ? torch::cat({main.values, aux->values}, 1) : main.values;
-    const auto selected = EncoderAtIndices(x_centered, p.w_enc, p.b_enc, p.b_pre, indices, values);
+    const auto selected =
+        EncoderAtIndices(x_centered, p.w_enc, p.b_enc, b_pre_for_encoder, indices, values);
     acts = torch::relu(selected.narrow(1, 0, k_main));
-    x_hat = SparseDecode(acts, main.indices, p.w_dec) + p.b_pre;
+    if (main_keep.defined()) acts = acts * main_keep.to(acts.scalar_type());
+    const auto partial = SparseDecode(acts, main.indices, p.w_dec);
+    phase.emplace(profile, &StepProfile::allreduce);
+    auto decoded = SumOverShards(partial, shards);
+    if (!decoded.ok()) return decoded.status();
+    phase.emplace(profile, &StepProfile::decode);
+    x_hat = *decoded + p.b_pre;
     if (aux) {
-      const auto aux_acts = torch::relu(selected.narrow(1, k_main, aux->indices.size(1)));
-      e_hat = SparseDecode(aux_acts, aux->indices, p.w_dec);
+      auto aux_acts = torch::relu(selected.narrow(1, k_main, aux->indices.size(1)));
+      if (aux_keep.defined()) aux_acts = aux_acts * aux_keep.to(aux_acts.scalar_type());
+      const auto aux_partial = SparseDecode(aux_acts, aux->indices, p.w_dec);
+      phase.emplace(profile, &StepProfile::allreduce);
+      auto e = SumOverShards(aux_partial, shards);
+      if (!e.ok()) return e.status();
+      phase.emplace(profile, &StepProfile::decode);
+      e_hat = *e;
     }
   } else {
     pre_dense = PreActivations(x, p);
     const auto relu_pre = torch::relu(pre_dense);
     torch::Tensor z = relu_pre;
-    if (config_.architecture == Architecture::kTopK) {
-      z = relu_pre * torch::zeros_like(pre_dense).scatter_(1, main.indices, 1.0);
-    }
+    if (topk) z = relu_pre * torch::zeros_like(pre_dense).scatter_(1, main.indices, 1.0);
     x_hat = z.mm(p.w_dec) + p.b_pre;
     acts = z.gather(1, main.indices);
     if (aux) {
@@ -174,35 +346,43 @@ ForwardOutput SaeModel::TrainingForward(const torch::Tensor& x, const torch::Ten
     }
   }
 
-  ForwardOutput out;
+  // Loss: (sum of this replica's squared errors) * R / (global variance), so that the replicas'
+  // averaged gradients are the gradient of the whole batch's FVU.
   const auto error = x - x_hat;
-  const auto variance = TotalVariance(x).clamp_min(1e-30);
-  const auto fvu = error.pow(2).sum() / variance;
-  out.loss = fvu;
-  out.fvu = Scalar(fvu);
-  out.mse = Scalar(error.pow(2).mean());
+  auto variance = GlobalTotalVariance(x, replicas);
+  if (!variance.ok()) return variance.status();
+  out.variance = *variance;
+  const auto error_sq = error.pow(2).sum();
+  out.loss = error_sq * (num_replicas / std::max(out.variance, 1e-30));
+  out.sums.error_sq = Scalar(error_sq);
   if (aux) {
     // AuxK fits the dead latents' reconstruction (no b_pre) to the detached residual.
     const auto residual = error.detach();
-    const double residual_variance = Scalar(TotalVariance(residual));
-    if (residual_variance > 0) {
-      const auto auxk = (residual - e_hat).pow(2).sum() / residual_variance;
-      const double value = Scalar(auxk);
+    auto residual_variance = GlobalTotalVariance(residual, replicas);
+    if (!residual_variance.ok()) return residual_variance.status();
+    if (*residual_variance > 0) {
+      const auto aux_sq = (residual - e_hat).pow(2).sum();
+      const double value = Scalar(aux_sq);
       if (std::isfinite(value)) {
-        out.loss = out.loss + config_.auxk_alpha * auxk;
-        out.auxk_loss = value;
+        out.loss = out.loss + config_.auxk_alpha * num_replicas / *residual_variance * aux_sq;
+        out.residual_variance = *residual_variance;
+        out.sums.aux_error_sq = value;
       }
     }
   }
   if (config_.architecture == Architecture::kReLU) {
-    const auto l1 = acts.sum() / static_cast<double>(batch);
-    out.loss = out.loss + config_.l1_coefficient * l1;
-    out.l1_loss = Scalar(l1);
+    // Mean per-token L1 of the global batch; this shard's latents' part.
+    const auto l1_sum = acts.sum();
+    out.loss = out.loss + config_.l1_coefficient * num_replicas / static_cast<double>(batch * num_replicas) * l1_sum;
+    out.sums.l1 = Scalar(l1_sum);
   }
   out.indices = main.indices;
   out.acts = acts.detach();
-  out.l0 = Scalar((out.acts > 0).sum()) / static_cast<double>(batch);
-  out.num_dead = dead_mask.defined() ? dead_mask.sum().item<int64_t>() : 0;
+  out.sums.active = Scalar((out.acts > 0).sum());
+  out.sums.tokens = static_cast<double>(batch);
+  out.num_dead = shards != nullptr ? parallel->dead_total
+                                   : (dead_mask.defined() ? dead_mask.sum().item<int64_t>() : 0);
+  FinalizeMetrics(out, config_.d_in);
   return out;
 }
 

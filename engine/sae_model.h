@@ -13,7 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "engine/config.h"
+#include "engine/distributed/communicator.h"
 
 namespace saegrid {
 
@@ -30,21 +32,60 @@ struct SaeParameters {
 
 enum class ComputePath { kSparse, kDenseReference };
 
+// Seconds of one training step by phase, for the benchmark.
+struct StepProfile {
+  double encoder = 0;     // the dense pre-activation matmul
+  double topk = 0;        // local top-k and the global cut
+  double allgather = 0;   // candidate values
+  double decode = 0;      // encoder at the selected latents, sparse decode, loss
+  double allreduce = 0;   // partial reconstructions, variances, gradients, metrics
+  double backward = 0;
+  double optimizer = 0;   // clipping, Adam, decoder renormalisation, EMA, dead latents
+};
+
+// How a latent-sharded, data-parallel forward pass reaches the other ranks.
+struct ParallelForward {
+  Communicator* shards = nullptr;    // this replica's shard group (size S)
+  Communicator* replicas = nullptr;  // the ranks holding this shard (size R)
+  int64_t k_in = 0;                  // main candidates each shard offers
+  int64_t k_aux_in = 0;              // AuxK candidates each shard offers
+  int64_t dead_total = 0;            // dead latents over all shards
+  StepProfile* profile = nullptr;    // accumulates the forward's phases when set
+};
+
 // Latents selected per token: [B, K] indices and their pre-activations.
 struct Selection {
   torch::Tensor indices;
   torch::Tensor values;
 };
 
+// Additive statistics of one forward pass, so that a sharded or data-parallel step can sum them
+// over ranks before turning them into metrics (FinalizeMetrics).
+struct ForwardSums {
+  double error_sq = 0;      // sum ||x - x_hat||^2 over this replica's rows
+  double aux_error_sq = 0;  // sum ||residual - e_hat||^2 (AuxK)
+  double l1 = 0;            // sum of this shard's activations
+  double active = 0;        // this shard's activations > 0
+  double overflow_tokens = 0;
+  double tokens = 0;        // this replica's rows
+};
+
 struct ForwardOutput {
   torch::Tensor loss;  // differentiable scalar
-  // Detached scalars of this batch.
+  ForwardSums sums;
+  double variance = 0;           // total variance of the inputs over the global batch
+  double residual_variance = 0;  // of the residual, for AuxK (0: no AuxK this step)
+  // Sharded runs: the leaf whose gradient is this shard's part of the encoder's b_pre gradient,
+  // to be summed over the shards and added to b_pre's gradient (see ReduceShardGradients).
+  torch::Tensor encoder_b_pre;
+  // Metrics of the batch, from the sums (FinalizeMetrics).
   double fvu = 0;
   double mse = 0;
   double auxk_loss = 0;
   double l1_loss = 0;
   double l0 = 0;  // mean active latents per token
   int64_t num_dead = 0;
+  double overflow_rate = 0;  // tokens whose sharded selection may have been truncated
   // The main selection (detached), for dead-latent tracking and metrics. acts = ReLU(values).
   torch::Tensor indices;
   torch::Tensor acts;
@@ -52,11 +93,15 @@ struct ForwardOutput {
 
 class SaeModel {
  public:
-  // `config` must be resolved (d_in, num_latents, k_aux set; see ResolveModelConfig).
-  explicit SaeModel(const ModelConfig& config);
+  // `config` must be resolved (d_in, num_latents, k_aux set; see ResolveModelConfig). The model
+  // holds shard `shard` of `shards`: latents [shard n/S, (shard+1) n/S) (n divisible by S).
+  explicit SaeModel(const ModelConfig& config, int64_t shard = 0, int64_t shards = 1);
+  // A model without parameters of its own, for Encode/Decode with given parameters.
+  static SaeModel ForInference(const ModelConfig& config);
 
   // Decoder rows random unit (or orthogonal), encoder = decoder transpose, b_enc = 0 and
-  // b_pre = geometric median of `sample` (already normalised, see NormalizeInputs).
+  // b_pre = geometric median of `sample` (already normalised, see NormalizeInputs). A shard
+  // takes its rows of the unsharded initialisation, so every layout starts from the same SAE.
   void Initialize(const torch::Tensor& sample, uint64_t seed);
 
   // Per-token layer normalisation when configured; identity otherwise.
@@ -66,6 +111,15 @@ class SaeModel {
   // AuxK (may be undefined: no AuxK). Both paths select the same latents.
   ForwardOutput TrainingForward(const torch::Tensor& x, const torch::Tensor& dead_mask,
                                 ComputePath path) const;
+  // The same pass for one rank of a sharded / data-parallel gang (sparse path): the global top-k
+  // from the shards' candidates, partial reconstructions summed over the shards, and the loss
+  // normalised by the global batch's variance and scaled so that averaging the gradients over
+  // the replicas gives the gradient of the whole batch. `dead_mask` covers this shard.
+  absl::StatusOr<ForwardOutput> ParallelTrainingForward(const torch::Tensor& x,
+                                                        const torch::Tensor& dead_mask,
+                                                        const ParallelForward& parallel) const;
+  // After backward in a sharded run: adds the shards' encoder b_pre gradients into b_pre.
+  absl::Status ReduceShardGradients(const ForwardOutput& out, Communicator* shards) const;
 
   // Inference: the selected latents of normalised inputs, and their reconstruction.
   Selection Encode(const torch::Tensor& x, const SaeParameters& params) const;
@@ -77,17 +131,28 @@ class SaeModel {
   void RenormalizeDecoder() const;
 
   const ModelConfig& config() const { return config_; }
+  int64_t latent_begin() const { return latent_begin_; }
+  int64_t latent_count() const { return latent_count_; }
   SaeParameters& params() { return params_; }
   const SaeParameters& params() const { return params_; }
 
  private:
+  SaeModel() = default;
+  absl::StatusOr<ForwardOutput> Forward(const torch::Tensor& x, const torch::Tensor& dead_mask,
+                                        ComputePath path, const ParallelForward* parallel) const;
   torch::Tensor PreActivations(const torch::Tensor& x, const SaeParameters& p) const;
   Selection SelectMain(const torch::Tensor& pre) const;
   std::optional<Selection> SelectAux(const torch::Tensor& pre, const torch::Tensor& dead_mask) const;
 
   ModelConfig config_;
+  int64_t latent_begin_ = 0;
+  int64_t latent_count_ = 0;
   SaeParameters params_;
 };
+
+// fvu, mse, auxk_loss, l1_loss, l0 and overflow_rate of `out` from its sums (after they were
+// summed over ranks) and `d_in`.
+void FinalizeMetrics(ForwardOutput& out, int64_t d_in);
 
 // Fills the derived fields of a model config: num_latents from expansion_factor and k_aux.
 ModelConfig ResolveModelConfig(ModelConfig config, int64_t d_in);

@@ -7,14 +7,32 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "engine/checkpoint.h"
 #include "engine/runtime.h"
+#include "engine/sharded_selection.h"
 
 namespace saegrid {
 namespace {
 
 double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+}
+
+#define SAEGRID_RETURN_IF_ERROR(expr)  \
+  do {                                 \
+    const absl::Status _st = (expr);   \
+    if (!_st.ok()) return _st;         \
+  } while (0)
+
+// All-reduces a few doubles in one call.
+absl::Status AllReduceScalars(Communicator* comm, ReduceOp op, std::vector<double*> values) {
+  if (comm->size() == 1) return absl::OkStatus();
+  auto t = torch::empty({static_cast<int64_t>(values.size())}, torch::kDouble);
+  for (size_t i = 0; i < values.size(); ++i) t[i] = *values[i];
+  SAEGRID_RETURN_IF_ERROR(comm->AllReduce(t, op));
+  for (size_t i = 0; i < values.size(); ++i) *values[i] = t[i].item<double>();
+  return absl::OkStatus();
 }
 
 // A checkpoint can only continue a run of the same model shape.
@@ -40,11 +58,19 @@ absl::Status CheckCompatible(const ModelConfig& want, const ModelConfig& have, c
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& config) {
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& config,
+                                                         std::unique_ptr<Gang> gang) {
   std::unique_ptr<Trainer> t(new Trainer());
   t->config_ = config;
+  t->gang_ = gang ? std::move(gang) : SingleProcessGang();
+  const ParallelLayout& layout = t->gang_->layout;
   t->threads_ = ConfigureThreads(config.runtime.num_threads);
-  auto source = OpenActivationSource(config.data);
+  if (config.data.batch_size % layout.replicas != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("data.batch_size (", config.data.batch_size,
+                                                   ") must be divisible by parallelism.replicas (",
+                                                   layout.replicas, ")"));
+  }
+  auto source = OpenActivationSource(config.data, layout.replica(), layout.replicas);
   if (!source.ok()) return source.status();
   t->source_ = *std::move(source);
   const int64_t d = t->source_->d_in();
@@ -57,15 +83,26 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
     return absl::InvalidArgumentError(absl::StrCat("model.k (", model.k, ") exceeds the ",
                                                    model.num_latents, " latents"));
   }
+  if (model.num_latents % layout.shards != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("model.num_latents (", model.num_latents,
+                                                   ") must be divisible by parallelism.shards (",
+                                                   layout.shards, ")"));
+  }
   t->config_.model = model;
-  t->model_ = std::make_unique<SaeModel>(model);
+  t->model_ = std::make_unique<SaeModel>(model, layout.shard(), layout.shards);
+  const int64_t per_shard = model.num_latents / layout.shards;
+  const auto& pc = config.parallelism;
+  t->parallel_.shards = t->gang_->shard_group.get();
+  t->parallel_.replicas = t->gang_->replica_group.get();
+  t->parallel_.k_in = CandidatesPerShard(model.k, layout.shards, per_shard, pc.capacity_factor, pc.exact);
+  t->parallel_.k_aux_in = CandidatesPerShard(model.k_aux, layout.shards, per_shard, pc.capacity_factor, pc.exact);
   t->base_lr_ = config.optimizer.lr > 0 ? config.optimizer.lr : DefaultLearningRate(model.num_latents);
   t->total_steps_ = (config.training.total_tokens + config.data.batch_size - 1) / config.data.batch_size;
   t->adam_ = std::make_unique<Adam>(t->model_->params().All(), config.optimizer);
   if (config.optimizer.ema_decay > 0) {
     t->ema_ = std::make_unique<WeightEma>(t->model_->params().All(), config.optimizer.ema_decay);
   }
-  t->dead_ = std::make_unique<DeadLatentTracker>(model.num_latents);
+  t->dead_ = std::make_unique<DeadLatentTracker>(per_shard);
 
   std::string latest;
   if (config.checkpoint.resume) {
@@ -77,15 +114,34 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
     auto st = t->Resume(latest);
     if (!st.ok()) return st;
   } else {
+    // The same sample on every rank (the global order's first rows): the same b_pre everywhere.
     auto sample = t->source_->Sample(model.geometric_median_samples);
     if (!sample.ok()) return sample.status();
     t->model_->Initialize(t->model_->NormalizeInputs(*sample), config.training.seed);
   }
+  auto st = t->CheckSameStart();
+  if (!st.ok()) return st;
   return t;
 }
 
+// Every rank must start from the same step: a rank that cannot see the checkpoint the others
+// resume from (no shared output_dir) would otherwise train a different model silently.
+absl::Status Trainer::CheckSameStart() {
+  if (gang_->world->size() == 1) return absl::OkStatus();
+  double low = static_cast<double>(step_), high = static_cast<double>(step_);
+  SAEGRID_RETURN_IF_ERROR(AllReduceScalars(gang_->world.get(), ReduceOp::kMin, {&low}));
+  SAEGRID_RETURN_IF_ERROR(AllReduceScalars(gang_->world.get(), ReduceOp::kMax, {&high}));
+  if (low != high) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "ranks start from different steps (", low, " to ", high, "): every rank must see the same "
+        "checkpoint.output_dir (a shared filesystem)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Trainer::Resume(const std::string& step_dir) {
-  auto loaded = LoadCheckpoint(step_dir);
+  auto loaded = LoadCheckpoint(step_dir, model_->latent_begin(),
+                               model_->latent_begin() + model_->latent_count());
   if (!loaded.ok()) return loaded.status();
   auto st = CheckCompatible(config_.model, loaded->model, step_dir);
   if (!st.ok()) return st;
@@ -116,6 +172,7 @@ absl::Status Trainer::Resume(const std::string& step_dir) {
   if (!st.ok()) return st;
   step_ = s.step;
   tokens_ = s.tokens;
+  overflow_tokens_ = s.overflow_tokens;
   resumed_ = true;
   resumed_from_ = step_dir;
   return absl::OkStatus();
@@ -125,44 +182,126 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   const auto start = std::chrono::steady_clock::now();
   auto batch = source_->NextBatch();
   if (!batch.ok()) return batch.status();
-  const int64_t batch_tokens = batch->x.size(0);
+  const int64_t global_tokens = config_.data.batch_size;
   const auto& mc = config_.model;
+  Communicator* shards = gang_->shard_group.get();
+  Communicator* replicas = gang_->replica_group.get();
+  StepMetrics m;
+  parallel_.profile = &m.profile;
+  using Clock = std::chrono::steady_clock;
+
   const torch::Tensor dead_mask =
       mc.architecture == Architecture::kTopK ? dead_->DeadMask(mc.dead_tokens_threshold) : torch::Tensor();
+  double dead_total = dead_mask.defined() ? static_cast<double>(dead_mask.sum().item<int64_t>()) : 0;
+  SAEGRID_RETURN_IF_ERROR(AllReduceScalars(shards, ReduceOp::kSum, {&dead_total}));
+  parallel_.dead_total = static_cast<int64_t>(dead_total);
 
   for (auto& p : model_->params().All()) p.mutable_grad().reset();
-  ForwardOutput out = model_->TrainingForward(model_->NormalizeInputs(batch->x), dead_mask, ComputePath::kSparse);
-  if (!std::isfinite(out.fvu) || !std::isfinite(out.loss.item<double>())) {
+  auto out = model_->ParallelTrainingForward(model_->NormalizeInputs(batch->x), dead_mask, parallel_);
+  if (!out.ok()) return out.status();
+
+  // Metrics of the global batch: activations are per shard, everything is per replica.
+  auto phase_start = Clock::now();
+  ForwardSums& sums = out->sums;
+  SAEGRID_RETURN_IF_ERROR(AllReduceScalars(shards, ReduceOp::kSum, {&sums.l1, &sums.active}));
+  SAEGRID_RETURN_IF_ERROR(AllReduceScalars(replicas, ReduceOp::kSum,
+                                           {&sums.error_sq, &sums.aux_error_sq, &sums.l1, &sums.active,
+                                            &sums.overflow_tokens, &sums.tokens}));
+  FinalizeMetrics(*out, mc.d_in);
+  m.profile.allreduce += Seconds(phase_start);
+  m.loss = out->fvu + (mc.architecture == Architecture::kTopK ? mc.auxk_alpha * out->auxk_loss
+                                                               : mc.l1_coefficient * out->l1_loss);
+  // Every rank sees the same reduced figures, so every rank stops here together.
+  if (!std::isfinite(out->fvu) || !std::isfinite(m.loss)) {
     return absl::InternalError(absl::StrCat("training diverged at step ", step_ + 1,
                                             ": loss is not finite (try a lower optimizer.lr)"));
   }
-  out.loss.backward();
+
+  phase_start = Clock::now();
+  out->loss.backward();
+  m.profile.backward += Seconds(phase_start);
+  phase_start = Clock::now();
+  const auto params = model_->params().All();
+  SAEGRID_RETURN_IF_ERROR(model_->ReduceShardGradients(*out, shards));
+  if (replicas->size() > 1) {
+    // One all-reduce for all gradients: the replicas' mean is the whole batch's gradient.
+    std::vector<torch::Tensor> flat;
+    for (const auto& p : params) {
+      if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+      flat.push_back(p.grad().reshape(-1));
+    }
+    auto buffer = torch::cat(flat);
+    SAEGRID_RETURN_IF_ERROR(replicas->AllReduce(buffer, ReduceOp::kAvg));
+    int64_t offset = 0;
+    for (const auto& p : params) {
+      p.mutable_grad().copy_(buffer.narrow(0, offset, p.numel()).view_as(p));
+      offset += p.numel();
+    }
+  }
+  m.profile.allreduce += Seconds(phase_start);
+
+  phase_start = Clock::now();
   model_->ProjectDecoderGradient();
-  const double grad_norm = ClipGradientNorm(model_->params().All(), config_.optimizer.grad_clip_norm);
+  // The norm of the whole model's gradient: the shards' latent rows plus b_pre once.
+  double latent_sq = SquaredGradientNorm({params[0], params[1], params[2]});
+  SAEGRID_RETURN_IF_ERROR(AllReduceScalars(shards, ReduceOp::kSum, {&latent_sq}));
+  const double grad_norm = std::sqrt(latent_sq + SquaredGradientNorm({params[3]}));
+  ScaleGradientsToNorm(params, grad_norm, config_.optimizer.grad_clip_norm);
   const double lr = ScheduledLearningRate(config_.optimizer, base_lr_, step_, total_steps_);
   adam_->Step(lr);
   model_->RenormalizeDecoder();
-  if (ema_) ema_->Update(model_->params().All());
-  dead_->Update(out.indices, out.acts, batch_tokens);
+  if (ema_) ema_->Update(params);
+  // A latent that fired on any replica has fired.
+  torch::Tensor fired = dead_->FiredMask(out->indices, out->acts);
+  SAEGRID_RETURN_IF_ERROR(replicas->AllReduce(fired, ReduceOp::kMax));
+  dead_->UpdateFired(fired, global_tokens);
+  m.profile.optimizer += Seconds(phase_start);
   ++step_;
-  tokens_ += batch_tokens;
+  tokens_ += global_tokens;
+  overflow_tokens_ += static_cast<int64_t>(sums.overflow_tokens);
 
-  StepMetrics m;
   m.step = step_;
   m.total_steps = total_steps_;
   m.tokens = tokens_;
-  m.fvu = out.fvu;
-  m.mse = out.mse;
-  m.auxk_loss = out.auxk_loss;
-  m.l1_loss = out.l1_loss;
-  m.l0 = out.l0;
-  m.num_dead = out.num_dead;
-  m.dead_fraction = static_cast<double>(out.num_dead) / mc.num_latents;
+  m.fvu = out->fvu;
+  m.mse = out->mse;
+  m.auxk_loss = out->auxk_loss;
+  m.l1_loss = out->l1_loss;
+  m.l0 = out->l0;
+  m.num_dead = out->num_dead;
+  m.dead_fraction = static_cast<double>(out->num_dead) / mc.num_latents;
+  m.overflow_tokens = static_cast<int64_t>(sums.overflow_tokens);
+  m.overflow_rate = out->overflow_rate;
+  m.overflow_tokens_total = overflow_tokens_;
+  m.overflow_rate_total = static_cast<double>(overflow_tokens_) / std::max<int64_t>(tokens_, 1);
   m.lr = lr;
   m.grad_norm = grad_norm;
   m.step_seconds = Seconds(start);
-  m.tokens_per_second = batch_tokens / std::max(m.step_seconds, 1e-9);
+  m.tokens_per_second = global_tokens / std::max(m.step_seconds, 1e-9);
+  parallel_.profile = nullptr;
   return m;
+}
+
+int64_t Trainer::bytes_sent() const {
+  return gang_->world->bytes_sent() + gang_->shard_group->bytes_sent() + gang_->replica_group->bytes_sent();
+}
+
+// The published weights of the whole model, merged from the shards of replica 0 (the other
+// replicas hold the same weights). Only replica 0's ranks call it; they all get the merge.
+absl::StatusOr<SaeParameters> Trainer::GatherPublishedWeights() {
+  SaeParameters local = PublishedWeights();
+  Communicator* shards = gang_->shard_group.get();
+  if (shards->size() == 1) return local;
+  SaeParameters merged;
+  torch::Tensor* out[3] = {&merged.w_enc, &merged.b_enc, &merged.w_dec};
+  const torch::Tensor in[3] = {local.w_enc, local.b_enc, local.w_dec};
+  for (int i = 0; i < 3; ++i) {
+    auto gathered = shards->AllGather(in[i]);
+    if (!gathered.ok()) return gathered.status();
+    *out[i] = gathered->flatten(0, 1);  // [S, n/S, ...] -> [n, ...] in shard order
+  }
+  merged.b_pre = local.b_pre;
+  return merged;
 }
 
 SaeParameters Trainer::PublishedWeights() const {
@@ -172,6 +311,14 @@ SaeParameters Trainer::PublishedWeights() const {
 }
 
 absl::StatusOr<EvalResult> Trainer::Evaluate() {
+  // Collective parts first (every rank): the dead count over the shards, the merged weights
+  // over replica 0's shards.
+  double dead = static_cast<double>(dead_->CountDead(config_.model.dead_tokens_threshold));
+  SAEGRID_RETURN_IF_ERROR(AllReduceScalars(gang_->shard_group.get(), ReduceOp::kSum, {&dead}));
+  if (gang_->layout.replica() != 0) return EvalResult{};
+  auto weights = GatherPublishedWeights();
+  if (!weights.ok()) return weights.status();
+  if (!is_leader()) return EvalResult{};
   if (!eval_inputs_) {
     auto split = source_->EvalSplit(config_.data.eval_max_tokens);
     if (!split.ok()) return split.status();
@@ -184,29 +331,46 @@ absl::StatusOr<EvalResult> Trainer::Evaluate() {
       eval_split_ = "training_sample";
     }
   }
-  const double dead_fraction =
-      static_cast<double>(dead_->CountDead(config_.model.dead_tokens_threshold)) /
-      config_.model.num_latents;
+  const SaeModel full = SaeModel::ForInference(config_.model);
   torch::Tensor truth = source_->ground_truth();
-  EvalResult result = saegrid::Evaluate(*model_, PublishedWeights(), *eval_inputs_, truth,
-                                       dead_fraction, config_.evaluation.recovery_cosine);
+  EvalResult result = saegrid::Evaluate(full, *weights, *eval_inputs_, truth,
+                                       dead / config_.model.num_latents, config_.evaluation.recovery_cosine);
   result.split = eval_split_;
+  const auto& layout = gang_->layout;
+  result.shards = layout.shards;
+  result.candidates_per_shard = parallel_.k_in;
+  result.training_overflow_tokens = overflow_tokens_;
+  result.training_overflow_rate = static_cast<double>(overflow_tokens_) / std::max<int64_t>(tokens_, 1);
+  if (layout.shards > 1 && config_.model.architecture == Architecture::kTopK) {
+    result.eval_overflow_rate = ShardedOverflowRate(full.NormalizeInputs(*eval_inputs_), *weights,
+                                                    layout.shards, parallel_.k_in, config_.model.k);
+  }
   return result;
 }
 
 absl::StatusOr<std::string> Trainer::WriteCheckpointNow(const EvalResult* evaluation) {
+  const auto& layout = gang_->layout;
+  const std::string& output_dir = config_.checkpoint.output_dir;
+  Communicator* world = gang_->world.get();
+  // Rank 0 opens the temporary directory, replica 0's shards write their slices of the state
+  // (the replicas hold the same state), rank 0 merges the published weights and finishes.
+  if (is_leader()) SAEGRID_RETURN_IF_ERROR(BeginCheckpoint(output_dir, step_));
+  SAEGRID_RETURN_IF_ERROR(world->Barrier());
   CheckpointContents c;
   c.model = config_.model;
   c.hookpoint = config_.checkpoint.hookpoint;
   c.export_saelens = config_.checkpoint.export_saelens;
   c.dataset_path = config_.data.use_synthetic ? "synthetic" : config_.data.path;
-  c.raw = model_->params().Clone();
-  c.published = PublishedWeights();
   c.published_is_ema = ema_ != nullptr;
   c.evaluation = evaluation;
+  c.shards = layout.shards;
+  c.replicas = layout.replicas;
   auto& s = c.state;
+  s.latent_begin = model_->latent_begin();
+  s.latent_end = model_->latent_begin() + model_->latent_count();
   s.step = step_;
   s.tokens = tokens_;
+  s.overflow_tokens = overflow_tokens_;
   s.cursor = source_->cursor();
   s.adam_exp_avg = adam_->exp_avg();
   s.adam_exp_avg_sq = adam_->exp_avg_sq();
@@ -216,18 +380,51 @@ absl::StatusOr<std::string> Trainer::WriteCheckpointNow(const EvalResult* evalua
     s.ema_shadow = ema_->shadow();
     s.ema_updates = ema_->updates();
   }
-  s.rng_state = at::detail::getDefaultCPUGenerator().get_state();
-  auto dir = WriteCheckpoint(config_.checkpoint.output_dir, c);
+  if (is_leader()) s.rng_state = at::detail::getDefaultCPUGenerator().get_state();
+  absl::Status written = absl::OkStatus();
+  if (layout.replica() == 0) {
+    written = WriteStateSlice(CheckpointTempDir(output_dir, step_),
+                              StateSliceFileName(layout.shard(), layout.shards),
+                              model_->params().Clone(), s);
+    auto merged = GatherPublishedWeights();
+    if (!merged.ok()) return merged.status();
+    c.published = *merged;
+  }
+  // Everyone learns whether every slice was written before the leader finishes.
+  double failures = written.ok() ? 0 : 1;
+  SAEGRID_RETURN_IF_ERROR(AllReduceScalars(world, ReduceOp::kSum, {&failures}));
+  if (!written.ok()) return written;
+  if (failures > 0) return absl::InternalError("another rank failed to write its checkpoint slice");
+  absl::StatusOr<std::string> dir = CheckpointTempDir(output_dir, step_);
+  double finished = 1;
+  if (is_leader()) {
+    for (int64_t shard = 0; shard < layout.shards; ++shard) {
+      const int64_t per = config_.model.num_latents / layout.shards;
+      c.slices.push_back({StateSliceFileName(shard, layout.shards), shard * per, (shard + 1) * per});
+    }
+    dir = FinishCheckpoint(output_dir, c);
+    if (dir.ok()) {
+      auto st = PruneCheckpoints(output_dir, config_.checkpoint.keep_last);
+      if (!st.ok()) dir = st;
+    }
+    finished = dir.ok() ? 1 : 0;
+  }
+  // Nobody goes on (or exits) before the checkpoint is complete.
+  auto done = torch::full({1}, finished, torch::kDouble);
+  SAEGRID_RETURN_IF_ERROR(world->Broadcast(done, 0));
   if (!dir.ok()) return dir.status();
-  auto st = PruneCheckpoints(config_.checkpoint.output_dir, config_.checkpoint.keep_last);
-  if (!st.ok()) return st;
-  return dir;
+  if (done.item<double>() == 0) return absl::InternalError("rank 0 failed to finish the checkpoint");
+  return absl::StrCat(output_dir, "/checkpoints/", absl::StrFormat("step_%09d", step_));
 }
 
 absl::StatusOr<EvalResult> Trainer::Train(TrainingObserver* observer) {
   if (observer) observer->OnStart(step_, total_steps_, resumed_);
   const int64_t every = config_.checkpoint.every_steps;
-  while (step_ < total_steps_ && !stop_requested_.load()) {
+  // A stop request reaches ranks at different moments: agree on it (max) every step.
+  while (step_ < total_steps_) {
+    double stop = stop_requested_.load() ? 1 : 0;
+    SAEGRID_RETURN_IF_ERROR(AllReduceScalars(gang_->world.get(), ReduceOp::kMax, {&stop}));
+    if (stop > 0) break;
     auto m = Step();
     if (!m.ok()) return m.status();
     if (observer) observer->OnStep(*m);
@@ -239,8 +436,8 @@ absl::StatusOr<EvalResult> Trainer::Train(TrainingObserver* observer) {
   }
   auto eval = Evaluate();
   if (!eval.ok()) return eval.status();
-  if (observer) observer->OnEvaluation(*eval);
-  auto dir = WriteCheckpointNow(&*eval);
+  if (observer && is_leader()) observer->OnEvaluation(*eval);
+  auto dir = WriteCheckpointNow(is_leader() ? &*eval : nullptr);
   if (!dir.ok()) return dir.status();
   if (observer) observer->OnCheckpoint(*dir, step_);
   return eval;

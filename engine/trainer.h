@@ -1,5 +1,6 @@
-// The training loop of one SAE in one process: data, sparse step, Adam with schedule, clipping
-// and EMA, dead-latent tracking, periodic checkpoints, resume, and the final evaluation.
+// The training loop of one SAE: data, sparse step, Adam with schedule, clipping and EMA,
+// dead-latent tracking, periodic checkpoints, resume, and the final evaluation. One Trainer is
+// one rank of a gang (engine/distributed/gang.h): a single process is a gang of one.
 #pragma once
 
 #include <atomic>
@@ -11,6 +12,7 @@
 #include "engine/config.h"
 #include "engine/data/activation_source.h"
 #include "engine/dead_latents.h"
+#include "engine/distributed/gang.h"
 #include "engine/evaluation.h"
 #include "engine/optimizer.h"
 #include "engine/sae_model.h"
@@ -21,13 +23,21 @@ struct StepMetrics {
   int64_t step = 0;  // steps completed
   int64_t total_steps = 0;
   int64_t tokens = 0;  // tokens trained on so far
+  double loss = 0;  // the objective: FVU + auxk_alpha * AuxK (TopK) or FVU + l1 * L1 (ReLU)
   double fvu = 0, mse = 0, auxk_loss = 0, l1_loss = 0, l0 = 0;
+  // Sharded runs: tokens of this step (and of the run so far) whose selection may have been
+  // truncated by the capacity factor.
+  int64_t overflow_tokens = 0;
+  double overflow_rate = 0;
+  int64_t overflow_tokens_total = 0;
+  double overflow_rate_total = 0;
   int64_t num_dead = 0;
   double dead_fraction = 0;
   double lr = 0;
   double grad_norm = 0;
   double step_seconds = 0;
   double tokens_per_second = 0;  // this step
+  StepProfile profile;           // where this rank's step time went
 };
 
 class TrainingObserver {
@@ -41,10 +51,13 @@ class TrainingObserver {
 
 class Trainer {
  public:
-  static absl::StatusOr<std::unique_ptr<Trainer>> Create(const TrainConfig& config);
+  // `gang` is this rank's gang (JoinGang); null: a single process.
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(const TrainConfig& config,
+                                                         std::unique_ptr<Gang> gang = nullptr);
 
   // Trains until total_tokens (or RequestStop), checkpointing every checkpoint.every_steps and
-  // at the end, where it also evaluates. Returns the final evaluation.
+  // at the end, where it also evaluates. Returns the final evaluation (on the leader, rank 0;
+  // the other ranks return an empty result).
   absl::StatusOr<EvalResult> Train(TrainingObserver* observer = nullptr);
   absl::StatusOr<StepMetrics> Step();
   absl::StatusOr<EvalResult> Evaluate();
@@ -61,14 +74,25 @@ class Trainer {
   const SaeModel& model() const { return *model_; }
   const TrainConfig& config() const { return config_; }
   int threads() const { return threads_; }
-  // The weights evaluation and publication use: the EMA when enabled, else the raw weights.
+  // The weights evaluation and publication use: the EMA when enabled, else the raw weights;
+  // this rank's shard of them.
   SaeParameters PublishedWeights() const;
+  bool is_leader() const { return gang_->layout.rank == 0; }
+  const ParallelLayout& layout() const { return gang_->layout; }
+  int64_t candidates_per_shard() const { return parallel_.k_in; }
+  // Bytes this rank has sent through its communicators so far.
+  int64_t bytes_sent() const;
 
  private:
   Trainer() = default;
   absl::Status Resume(const std::string& step_dir);
+  absl::Status CheckSameStart();
+  absl::StatusOr<SaeParameters> GatherPublishedWeights();
+  absl::StatusOr<StepMetrics> StepOrFail();
 
   TrainConfig config_;
+  std::unique_ptr<Gang> gang_;
+  ParallelForward parallel_;
   int threads_ = 1;
   std::unique_ptr<ActivationSource> source_;
   std::unique_ptr<SaeModel> model_;
@@ -79,6 +103,7 @@ class Trainer {
   int64_t step_ = 0;
   int64_t tokens_ = 0;
   int64_t total_steps_ = 0;
+  int64_t overflow_tokens_ = 0;
   bool resumed_ = false;
   std::string resumed_from_;
   std::optional<torch::Tensor> eval_inputs_;

@@ -166,17 +166,39 @@ absl::StatusOr<TrainConfig> ToTrainConfig(const v1::JobSpec& spec) {
   const auto& p = spec.parallelism();
   SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("parallelism.shards", p.shards(), 0, 4096));
   SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("parallelism.replicas", p.replicas(), 0, 4096));
-  if (p.shards() > 1 || p.replicas() > 1) {
-    return Bad("parallelism", "shards/replicas > 1 need the distributed runner, which this build "
-                              "does not have yet; use shards: 1, replicas: 1");
+  if (p.shards() > 0) c.parallelism.shards = p.shards();
+  if (p.replicas() > 0) c.parallelism.replicas = p.replicas();
+  if (p.has_capacity_factor()) {
+    SAEGRID_RETURN_IF_ERROR(InRange("parallelism.capacity_factor", p.capacity_factor(), 1.0, 4096.0));
+    c.parallelism.capacity_factor = p.capacity_factor();
   }
+  c.parallelism.exact = p.exact();
   if (!p.backend().empty() && p.backend() != "gloo" && p.backend() != "nccl") {
     return Bad("parallelism.backend", "must be \"gloo\" or \"nccl\", got \"" + p.backend() + "\"");
   }
   if (!p.device().empty() && p.device() != "cpu" && p.device() != "cuda") {
     return Bad("parallelism.device", "must be \"cpu\" or \"cuda\", got \"" + p.device() + "\"");
   }
-  if (p.device() == "cuda") return Bad("parallelism.device", "cuda is not available in this build");
+  if (!p.backend().empty()) c.parallelism.backend = p.backend();
+  if (!p.device().empty()) c.parallelism.device = p.device();
+  if (c.parallelism.device == "cuda") {
+    return Bad("parallelism.device", "cuda training needs the CUDA kernels, which this build does not have yet");
+  }
+  if (c.parallelism.backend == "nccl") {
+    return Bad("parallelism.backend", "nccl moves CUDA tensors; use gloo with device cpu");
+  }
+  if (p.has_timeout_seconds()) {
+    SAEGRID_RETURN_IF_ERROR(InRange("parallelism.timeout_seconds", p.timeout_seconds(), 1.0, 86400.0));
+    c.parallelism.timeout_seconds = p.timeout_seconds();
+  }
+  if (c.data.batch_size % c.parallelism.replicas != 0) {
+    return Bad("data.batch_size", absl::StrCat("(", c.data.batch_size, ") must be divisible by parallelism.replicas (",
+                                               c.parallelism.replicas, ")"));
+  }
+  if (c.model.num_latents > 0 && c.model.num_latents % c.parallelism.shards != 0) {
+    return Bad("model.num_latents", absl::StrCat("(", c.model.num_latents, ") must be divisible by parallelism.shards (",
+                                                 c.parallelism.shards, ")"));
+  }
 
   const auto& k = spec.checkpoint();
   if (!k.output_dir().empty()) c.checkpoint.output_dir = k.output_dir();

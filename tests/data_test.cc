@@ -204,11 +204,22 @@ TEST_F(StreamTest, CursorRestoreContinuesExactly) {
   EXPECT_FALSE(fresh->Restore({0, 1 << 30}).ok());
 }
 
-TEST_F(StreamTest, ReplicasReadDisjointPartitions) {
-  auto r0 = Open(0, 2), r1 = Open(1, 2);
-  const auto a = Take(*r0, 4), b = Take(*r1, 4);  // 128 rows each, within one epoch of ~136
-  std::set<int64_t> sa(a.begin(), a.end());
-  for (int64_t id : b) EXPECT_EQ(sa.count(id), 0u) << "row " << id << " read by both replicas";
+TEST_F(StreamTest, ReplicasReadDisjointSlicesOfTheSingleProcessBatches) {
+  auto single = Open(), r0 = Open(0, 2), r1 = Open(1, 2);
+  for (int step = 0; step < 12; ++step) {  // crosses an epoch boundary
+    const auto whole = Take(*single, 1), a = Take(*r0, 1), b = Take(*r1, 1);
+    ASSERT_EQ(a.size() * 2, whole.size());
+    std::vector<int64_t> joined(a);
+    joined.insert(joined.end(), b.begin(), b.end());
+    EXPECT_EQ(joined, whole) << "step " << step << ": replica slices differ from the single-process batch";
+    std::set<int64_t> sa(a.begin(), a.end());
+    for (int64_t id : b) EXPECT_EQ(sa.count(id), 0u) << "row " << id << " read by both replicas";
+  }
+  // One cursor for every replica count: a replica resumes where the single process stood.
+  EXPECT_EQ(r0->cursor(), single->cursor());
+  EXPECT_EQ(r1->cursor(), single->cursor());
+  auto three = Open(0, 3);
+  EXPECT_FALSE(three->NextBatch().ok()) << "a batch of 32 cannot split across 3 replicas";
 }
 
 TEST(SyntheticData, DeterministicUnitFeaturesAndSparseCodes) {

@@ -75,11 +75,6 @@ absl::StatusOr<std::unique_ptr<ActivationStream>> ActivationStream::Create(
   });
   for (const auto& b : s->train_blocks_) s->train_rows_ += b.count;
   for (const auto& b : s->eval_blocks_) s->eval_rows_ += b.count;
-  if (s->train_blocks_.size() < static_cast<size_t>(options.num_replicas)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "data: ", s->train_blocks_.size(), " training blocks of ", options.block_rows,
-        " rows cannot be split across ", options.num_replicas, " replicas; add data or lower data.block_rows"));
-  }
   s->PlanEpoch(0);
   return s;
 }
@@ -87,10 +82,7 @@ absl::StatusOr<std::unique_ptr<ActivationStream>> ActivationStream::Create(
 void ActivationStream::PlanEpoch(int64_t epoch) {
   std::vector<Block> order = train_blocks_;
   Shuffle(order, MixSeed(options_.seed, 0xb10c, static_cast<uint64_t>(epoch)));
-  epoch_blocks_.clear();
-  for (size_t p = options_.replica; p < order.size(); p += options_.num_replicas) {
-    epoch_blocks_.push_back(order[p]);
-  }
+  epoch_blocks_ = std::move(order);
   group_start_rows_.assign(1, 0);
   for (size_t b = 0; b < epoch_blocks_.size(); b += options_.shuffle_buffer_blocks) {
     int64_t rows = 0;
@@ -117,21 +109,31 @@ void ActivationStream::LoadGroup(size_t group) {
   Shuffle(group_rows_, MixSeed(options_.seed ^ 0x5eed5eedULL, static_cast<uint64_t>(epoch_), group));
 }
 
-absl::StatusOr<Batch> ActivationStream::Next(int64_t batch_size) {
+absl::StatusOr<Batch> ActivationStream::Next(int64_t global_batch_size) {
+  const int64_t replicas = options_.num_replicas;
+  if (global_batch_size <= 0 || global_batch_size % replicas != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("data.batch_size ", global_batch_size,
+                                                   " is not a positive multiple of the ", replicas,
+                                                   " data-parallel replicas"));
+  }
+  const int64_t rows = global_batch_size / replicas;
+  const int64_t mine_begin = options_.replica * rows;
   Batch batch;
-  batch.x = torch::empty({batch_size, d_}, torch::kFloat);
-  if (has_tokens_) batch.tokens = torch::empty({batch_size}, torch::kLong);
+  batch.x = torch::empty({rows, d_}, torch::kFloat);
+  if (has_tokens_) batch.tokens = torch::empty({rows}, torch::kLong);
   float* out = batch.x.data_ptr<float>();
   int64_t* tokens = has_tokens_ ? batch.tokens.data_ptr<int64_t>() : nullptr;
-  for (int64_t i = 0; i < batch_size; ++i) {
+  for (int64_t i = 0; i < global_batch_size; ++i) {
     if (offset_ == group_start_rows_.back()) PlanEpoch(epoch_ + 1);
     if (offset_ == group_start_rows_[group_ + 1]) LoadGroup(group_ + 1);
-    const auto& [block, row] = group_rows_[offset_ - group_start_rows_[group_]];
-    const auto& shard = *shards_[epoch_blocks_[block].shard];
-    auto st = shard.CopyRows(row, 1, out + i * d_);
-    if (!st.ok()) return st;
-    if (tokens != nullptr) tokens[i] = shard.TokenAt(row);
     ++offset_;
+    const int64_t j = i - mine_begin;
+    if (j < 0 || j >= rows) continue;  // another replica's row: only the order advances
+    const auto& [block, row] = group_rows_[offset_ - 1 - group_start_rows_[group_]];
+    const auto& shard = *shards_[epoch_blocks_[block].shard];
+    auto st = shard.CopyRows(row, 1, out + j * d_);
+    if (!st.ok()) return st;
+    if (tokens != nullptr) tokens[j] = shard.TokenAt(row);
   }
   batch.cursor_after = cursor();
   return batch;

@@ -2,11 +2,14 @@
 //
 // Rows are cut into blocks of `block_rows` consecutive rows of one shard (cheap, sequential
 // reads of the mapping). A seeded permutation sets aside `eval_fraction` of the blocks as the
-// held-out split. Each epoch permutes the remaining blocks (seed, epoch); replica r of R takes
-// the blocks at positions r, r + R, ... (disjoint partitions). Consecutive groups of
+// held-out split. Each epoch permutes the remaining blocks (seed, epoch). Consecutive groups of
 // `shuffle_buffer_blocks` blocks form the shuffle buffer: their rows are permuted together
-// (seed, epoch, group). The position is a cursor (epoch, rows consumed in that epoch), so an
-// interrupted run resumes on exactly the rows it would have read.
+// (seed, epoch, group). This global order does not depend on the number of replicas: replica r
+// of R reads only rows [r B/R, (r+1) B/R) of every global batch of B rows, so the replicas'
+// partitions are disjoint and together they train on exactly the batches a single process
+// would. The position is a cursor (epoch, rows of the global order consumed in that epoch), the
+// same on every rank, so an interrupted run resumes on exactly the rows it would have read, with
+// any number of replicas.
 #pragma once
 
 #include <torch/types.h>
@@ -24,7 +27,7 @@ namespace saegrid {
 
 struct DataCursor {
   int64_t epoch = 0;
-  int64_t offset = 0;  // rows consumed in this epoch by this replica
+  int64_t offset = 0;  // rows of the global order consumed in this epoch
   bool operator==(const DataCursor& o) const { return epoch == o.epoch && offset == o.offset; }
 };
 
@@ -48,7 +51,9 @@ class ActivationStream {
   static absl::StatusOr<std::unique_ptr<ActivationStream>> Create(
       std::vector<std::shared_ptr<ActivationShard>> shards, const StreamOptions& options);
 
-  absl::StatusOr<Batch> Next(int64_t batch_size);
+  // This replica's part of the next global batch of `global_batch_size` rows (divisible by
+  // the number of replicas).
+  absl::StatusOr<Batch> Next(int64_t global_batch_size);
   DataCursor cursor() const { return {epoch_, offset_}; }
   absl::Status Seek(const DataCursor& cursor);
 
@@ -84,7 +89,7 @@ class ActivationStream {
   // Position.
   int64_t epoch_ = -1;
   int64_t offset_ = 0;
-  std::vector<Block> epoch_blocks_;        // this replica's blocks, in epoch order
+  std::vector<Block> epoch_blocks_;        // the training blocks, in epoch order
   std::vector<int64_t> group_start_rows_;  // first epoch row of each shuffle group (+ end)
   size_t group_ = 0;
   std::vector<std::pair<int32_t, int64_t>> group_rows_;  // (block index, row) shuffled

@@ -1,0 +1,180 @@
+#include "engine/distributed/rendezvous.h"
+
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <algorithm>
+#include <cstdio>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace saegrid {
+namespace {
+
+std::vector<uint8_t> Bytes(absl::string_view s) { return {s.begin(), s.end()}; }
+std::string String(const std::vector<uint8_t>& b) { return {b.begin(), b.end()}; }
+
+}  // namespace
+
+absl::Status ParseHostPort(absl::string_view address, absl::string_view field, std::string* host,
+                           int* port) {
+  const size_t colon = address.rfind(':');
+  int value = 0;
+  if (colon == absl::string_view::npos || colon == 0 ||
+      !absl::SimpleAtoi(address.substr(colon + 1), &value) || value < 1 || value > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": expected HOST:PORT with a port in 1..65535, got \"", address, "\""));
+  }
+  *host = std::string(address.substr(0, colon));
+  *port = value;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<Rendezvous>> Rendezvous::Join(const RendezvousOptions& options) {
+  if (options.world_size < 1 || options.rank < 0 || options.rank >= options.world_size) {
+    return absl::InvalidArgumentError(absl::StrCat("rank ", options.rank, " is outside the world of ",
+                                                   options.world_size, " ranks"));
+  }
+  if (options.port < 1 || options.port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("rendezvous port ", options.port, " is not in 1..65535"));
+  }
+  std::shared_ptr<Rendezvous> r(new Rendezvous(options));
+  const std::string where = absl::StrCat(options.host, ":", options.port);
+  try {
+    c10d::TCPStoreOptions store_options;
+    store_options.port = static_cast<uint16_t>(options.port);
+    store_options.isServer = options.rank == 0;
+    store_options.numWorkers = options.world_size;
+    store_options.waitWorkers = true;  // returns once every rank connected (or times out)
+    store_options.timeout = options.timeout;
+    r->tcp_ = c10::make_intrusive<c10d::TCPStore>(options.host, store_options);
+    store_options.isServer = false;
+    store_options.waitWorkers = false;
+    r->heartbeat_ = c10::make_intrusive<c10d::TCPStore>(options.host, store_options);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("rank ", options.rank, ": rendezvous at ", where,
+                                               " failed (rank 0 serves it; are all ", options.world_size,
+                                               " ranks started?): ", e.what()));
+  }
+  r->store_ = c10::make_intrusive<c10d::PrefixStore>(absl::StrCat("attempt/", options.attempt), r->tcp_);
+  try {
+    // Every rank checks the world size against rank 0's and claims its rank exactly once.
+    if (options.rank == 0) r->store_->set("world_size", Bytes(absl::StrCat(options.world_size)));
+    const std::string leader = String(r->store_->get("world_size"));
+    if (leader != absl::StrCat(options.world_size)) {
+      return absl::InvalidArgumentError(absl::StrCat("rank ", options.rank, " was started with world size ",
+                                                     options.world_size, " but rank 0 with ", leader));
+    }
+    if (r->store_->add(absl::StrCat("claimed/", options.rank), 1) != 1) {
+      return absl::InvalidArgumentError(absl::StrCat("rank ", options.rank, " joined the rendezvous at ",
+                                                     where, " twice (attempt ", options.attempt, ")"));
+    }
+    r->store_->add("heartbeat/" + absl::StrCat(options.rank), 1);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("rank ", options.rank, ": rendezvous at ", where, ": ", e.what()));
+  }
+  r->heartbeat_thread_ = std::thread([raw = r.get()] { raw->HeartbeatLoop(); });
+  return r;
+}
+
+Rendezvous::~Rendezvous() {
+  stop_.store(true);
+  if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
+}
+
+std::string Rendezvous::Key(absl::string_view suffix) const {
+  return absl::StrCat("attempt/", options_.attempt, "/", suffix);
+}
+
+void Rendezvous::HeartbeatLoop() {
+  const std::string key = Key(absl::StrCat("heartbeat/", options_.rank));
+  while (!stop_.load()) {
+    try {
+      heartbeat_->add(key, 1);
+    } catch (const std::exception&) {
+      return;  // the store is gone; the next collective reports it
+    }
+    const auto until = std::chrono::steady_clock::now() + options_.heartbeat_interval;
+    while (!stop_.load() && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+}
+
+c10::intrusive_ptr<c10d::Store> Rendezvous::GroupStore(const std::string& prefix) const {
+  return c10::make_intrusive<c10d::PrefixStore>(prefix, store_);
+}
+
+absl::Status Rendezvous::Set(const std::string& key, const std::string& value) {
+  try {
+    absl::MutexLock lock(&mu_);
+    store_->set(key, Bytes(value));
+    return absl::OkStatus();
+  } catch (const std::exception& e) {
+    return DescribeFailure(absl::StrCat("store set ", key), e.what());
+  }
+}
+
+absl::StatusOr<std::string> Rendezvous::Get(const std::string& key) {
+  try {
+    absl::MutexLock lock(&mu_);
+    return String(store_->get(key));
+  } catch (const std::exception& e) {
+    return DescribeFailure(absl::StrCat("store get ", key), e.what());
+  }
+}
+
+absl::Status Rendezvous::DescribeFailure(absl::string_view operation, absl::string_view cause) {
+  const int me = options_.rank;
+  const std::string store_at = absl::StrCat(options_.host, ":", options_.port);
+  auto store_lost = [&] {
+    return absl::UnavailableError(absl::StrCat(
+        "rank ", me, ": ", operation, " failed and the rendezvous store at ", store_at,
+        " is gone: lost rank 0 (it serves the store). Cause: ", cause));
+  };
+  std::vector<int64_t> before(options_.world_size), after(options_.world_size);
+  std::vector<bool> failed(options_.world_size, false);
+  try {
+    // The heartbeat connection: the main one may be stuck behind a blocking get.
+    heartbeat_->add(Key(absl::StrCat("failed/", me)), 1);
+    for (int r = 0; r < options_.world_size; ++r) {
+      before[r] = heartbeat_->add(Key(absl::StrCat("heartbeat/", r)), 0);
+    }
+    // A live rank beats once per interval; three intervals without a beat means it is gone.
+    std::this_thread::sleep_for(options_.heartbeat_interval * 3 + std::chrono::milliseconds(100));
+    for (int r = 0; r < options_.world_size; ++r) {
+      after[r] = heartbeat_->add(Key(absl::StrCat("heartbeat/", r)), 0);
+      failed[r] = heartbeat_->add(Key(absl::StrCat("failed/", r)), 0) > 0;
+    }
+  } catch (const std::exception&) {
+    return store_lost();
+  }
+  std::vector<int> lost;
+  for (int r = 0; r < options_.world_size; ++r) {
+    if (r != me && after[r] == before[r] && !failed[r]) lost.push_back(r);
+  }
+  if (me == 0) {
+    // Rank 0 serves the store: stay up a little longer so that the others can diagnose too.
+    std::this_thread::sleep_for(options_.heartbeat_interval * 4 + std::chrono::milliseconds(200));
+  }
+  if (!lost.empty()) {
+    return absl::UnavailableError(absl::StrCat("rank ", me, ": ", operation, " failed: lost rank",
+                                               lost.size() > 1 ? "s " : " ", absl::StrJoin(lost, ", "),
+                                               " (no heartbeat). Cause: ", cause));
+  }
+  std::vector<int> failing;
+  for (int r = 0; r < options_.world_size; ++r) {
+    if (r != me && failed[r]) failing.push_back(r);
+  }
+  if (!failing.empty()) {
+    return absl::UnavailableError(absl::StrCat("rank ", me, ": ", operation, " failed after rank",
+                                               failing.size() > 1 ? "s " : " ", absl::StrJoin(failing, ", "),
+                                               " failed. Cause: ", cause));
+  }
+  return absl::DeadlineExceededError(absl::StrCat("rank ", me, ": ", operation,
+                                                  " failed with every rank alive. Cause: ", cause));
+}
+
+}  // namespace saegrid
