@@ -20,6 +20,7 @@ test: build
 
 bench: build
 	./$(BUILD_DIR)/bench/step_bench
+	./$(BUILD_DIR)/bench/shard_bench
 
 clean:
 	rm -rf $(BUILD_DIR) out

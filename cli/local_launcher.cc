@@ -1,9 +1,7 @@
 #include "cli/local_launcher.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/distributed/rendezvous.h"
 
 namespace saegrid::cli {
 namespace {
@@ -33,23 +32,6 @@ int ExitCode(int status) {
 }
 
 }  // namespace
-
-int FindFreeLoopbackPort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  int port = -1;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
-}
 
 int RunLocalRanks(int num_ranks, const std::vector<std::string>& args, bool args_set_threads,
                   double grace_seconds) {
@@ -82,6 +64,7 @@ int RunLocalRanks(int num_ranks, const std::vector<std::string>& args, bool args
       return 1;
     }
     if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGTERM);  // a rank must not outlive its launcher
       std::vector<char*> argv;
       for (auto& s : argv_strings) argv.push_back(s.data());
       argv.push_back(nullptr);

@@ -14,7 +14,4 @@ namespace saegrid::cli {
 int RunLocalRanks(int num_ranks, const std::vector<std::string>& args, bool args_set_threads,
                   double grace_seconds);
 
-// A TCP port on 127.0.0.1 that nothing listens on right now.
-int FindFreeLoopbackPort();
-
 }  // namespace saegrid::cli

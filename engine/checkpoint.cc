@@ -253,6 +253,15 @@ absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& output_dir) 
   return best.empty() ? std::string() : (root / best).string();
 }
 
+absl::StatusOr<ModelConfig> ReadCheckpointModel(const std::string& step_dir) {
+  const std::string json_path = (fs::path(step_dir) / "trainer_state.json").string();
+  auto j = ReadJson(json_path);
+  if (!j.ok()) return j.status();
+  auto model = ModelConfigFromJson((*j).value("model", nlohmann::json::object()));
+  if (!model.ok()) return absl::DataLossError(json_path + ": " + std::string(model.status().message()));
+  return model;
+}
+
 absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& step_dir, int64_t latent_begin,
                                                 int64_t latent_end) {
   LoadedCheckpoint out;

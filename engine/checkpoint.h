@@ -87,6 +87,9 @@ absl::StatusOr<std::string> FinishCheckpoint(const std::string& output_dir,
                                              const CheckpointContents& contents);
 // The newest complete step directory under output_dir, or "" when there is none.
 absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& output_dir);
+// The model configuration a checkpoint was written for (trainer_state.json only).
+absl::StatusOr<ModelConfig> ReadCheckpointModel(const std::string& step_dir);
+
 // Loads the state of latents [latent_begin, latent_end) (latent_end < 0: all of them) from
 // whichever slices hold them, so that a checkpoint resumes into any shard layout.
 absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& step_dir, int64_t latent_begin = 0,

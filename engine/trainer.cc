@@ -140,11 +140,13 @@ absl::Status Trainer::CheckSameStart() {
 }
 
 absl::Status Trainer::Resume(const std::string& step_dir) {
+  auto saved_model = ReadCheckpointModel(step_dir);
+  if (!saved_model.ok()) return saved_model.status();
+  auto st = CheckCompatible(config_.model, *saved_model, step_dir);
+  if (!st.ok()) return st;
   auto loaded = LoadCheckpoint(step_dir, model_->latent_begin(),
                                model_->latent_begin() + model_->latent_count());
   if (!loaded.ok()) return loaded.status();
-  auto st = CheckCompatible(config_.model, loaded->model, step_dir);
-  if (!st.ok()) return st;
   torch::NoGradGuard no_grad;
   auto params = model_->params().All();
   auto raw = loaded->raw.All();

@@ -3,8 +3,12 @@
 
 #include <torch/types.h>
 
+#include <sys/types.h>
+
 #include <filesystem>
+#include <optional>
 #include <string>
+#include <vector>
 
 namespace saegrid::testing {
 
@@ -28,5 +32,15 @@ class TempDir {
 
 void WriteFile(const std::string& path, const std::string& contents);
 std::string ReadFile(const std::string& path);
+
+// Child processes for the multi-process tests: `argv[0]` is a path; stdout and stderr go to
+// `log`. Wait returns the exit code (128 + signal when killed), or nothing when `timeout_s`
+// passed first (the child is then killed, so nothing outlives a test).
+pid_t StartProcess(const std::vector<std::string>& argv, const std::string& log);
+std::optional<int> WaitProcess(pid_t pid, double timeout_s);
+int RunProcess(const std::vector<std::string>& argv, const std::string& log, double timeout_s);
+
+// The lines of a file.
+std::vector<std::string> ReadLines(const std::string& path);
 
 }  // namespace saegrid::testing

@@ -3,6 +3,11 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 
@@ -17,6 +22,23 @@ std::vector<uint8_t> Bytes(absl::string_view s) { return {s.begin(), s.end()}; }
 std::string String(const std::vector<uint8_t>& b) { return {b.begin(), b.end()}; }
 
 }  // namespace
+
+int FindFreeLoopbackPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  int port = -1;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  close(fd);
+  return port;
+}
 
 absl::Status ParseHostPort(absl::string_view address, absl::string_view field, std::string* host,
                            int* port) {
@@ -72,6 +94,22 @@ absl::StatusOr<std::shared_ptr<Rendezvous>> Rendezvous::Join(const RendezvousOpt
                                                      where, " twice (attempt ", options.attempt, ")"));
     }
     r->store_->add("heartbeat/" + absl::StrCat(options.rank), 1);
+    // Every rank waits for every other one, so that a missing rank is named here rather than
+    // found out by the first collective.
+    std::vector<std::string> claims;
+    for (int rank = 0; rank < options.world_size; ++rank) claims.push_back(absl::StrCat("claimed/", rank));
+    try {
+      r->store_->wait(claims, options.timeout);
+    } catch (const std::exception&) {
+      std::vector<int> missing;
+      for (int rank = 0; rank < options.world_size; ++rank) {
+        if (!r->store_->check({claims[rank]})) missing.push_back(rank);
+      }
+      return absl::UnavailableError(absl::StrCat(
+          "rank ", options.rank, ": rendezvous at ", where, " timed out after ",
+          options.timeout.count() / 1000.0, " s: rank", missing.size() == 1 ? " " : "s ",
+          absl::StrJoin(missing, ", "), " never joined (are all ", options.world_size, " ranks started?)"));
+    }
   } catch (const std::exception& e) {
     return absl::UnavailableError(absl::StrCat("rank ", options.rank, ": rendezvous at ", where, ": ", e.what()));
   }

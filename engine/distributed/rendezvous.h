@@ -36,6 +36,9 @@ struct RendezvousOptions {
 absl::Status ParseHostPort(absl::string_view address, absl::string_view field, std::string* host,
                            int* port);
 
+// A TCP port on 127.0.0.1 that nothing listens on right now (for a local gang's rendezvous).
+int FindFreeLoopbackPort();
+
 class Rendezvous {
  public:
   // Connects (rank 0: serves) the store, waits for every rank within the timeout, checks that

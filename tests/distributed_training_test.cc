@@ -1,0 +1,250 @@
+// Sharded and data-parallel training over real processes (the saegrid binary, Gloo over
+// loopback): every layout in exact mode reproduces the single-process run, the capacity factor
+// behaves as section D.1 says, checkpoints resume across layouts, and a lost rank ends the gang
+// with an error that names it.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/distributed/rendezvous.h"
+#include "engine/safetensors.h"
+#include "nlohmann/json.hpp"
+#include "tests/test_support.h"
+
+namespace saegrid {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr int kSteps = 20;
+constexpr int kBatch = 512;
+
+// Skewed synthetic data (feature probabilities decay by lambda), 1024 latents, k = 8, and a short
+// dead threshold so that AuxK is active within the 20 steps.
+std::string Config(const std::string& parallelism) {
+  return "name: distributed\n"
+         "model: {architecture: topk, num_latents: 1024, k: 8, dead_tokens_threshold: 1024}\n"
+         "optimizer: {lr: 0.003, grad_clip_norm: 1.0}\n"
+         "data:\n"
+         "  synthetic: {num_samples: 16384, num_features: 128, d: 64, avg_active_features: 5, lambda_decay: 0.97}\n"
+         "  batch_size: 512\n"
+         "  block_rows: 256\n"
+         "training: {total_tokens: " + std::to_string(kSteps * kBatch) + ", log_every_steps: 5}\n" +
+         (parallelism.empty() ? "" : "parallelism: " + parallelism + "\n");
+}
+
+struct RunResult {
+  int exit_code = -1;
+  std::vector<nlohmann::json> steps;  // by step order
+  nlohmann::json evaluation;
+  std::string output_dir;
+  std::string log;
+};
+
+class DistributedTraining : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    root_ = new testing::TempDir();
+    single_ = new RunResult(Run("single", "", {}));
+  }
+  static void TearDownTestSuite() {
+    delete single_;
+    delete root_;
+  }
+
+  // Runs `saegrid train` (which starts the gang's ranks itself when the config asks for several).
+  static RunResult Run(const std::string& name, const std::string& parallelism, std::vector<std::string> extra,
+                       const std::string& output_dir = "") {
+    RunResult r;
+    r.output_dir = output_dir.empty() ? *root_ / name : output_dir;
+    const std::string config = *root_ / (name + ".yaml");
+    testing::WriteFile(config, Config(parallelism));
+    const std::string metrics = *root_ / (name + ".jsonl");
+    std::vector<std::string> argv = {SAEGRID_BINARY, "train", "--config", config, "--output-dir", r.output_dir,
+                                     "--metrics-jsonl", metrics, "--quiet"};
+    if (parallelism.empty()) argv.insert(argv.end(), {"--threads", "1"});
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    const std::string log = *root_ / (name + ".log");
+    r.exit_code = testing::RunProcess(argv, log, 300);
+    r.log = testing::ReadFile(log);
+    for (const auto& line : testing::ReadLines(metrics)) {
+      auto j = nlohmann::json::parse(line, nullptr, false);
+      if (j.contains("loss")) r.steps.push_back(j);
+      if (j.contains("evaluation")) r.evaluation = j["evaluation"];
+    }
+    return r;
+  }
+
+  static std::map<std::string, torch::Tensor> Weights(const RunResult& r, int step = kSteps) {
+    char name[32];
+    std::snprintf(name, sizeof(name), "step_%09d", step);
+    auto file = SafetensorsFile::Open(r.output_dir + "/checkpoints/" + name + "/sae/sae.safetensors");
+    EXPECT_TRUE(file.ok()) << file.status();
+    std::map<std::string, torch::Tensor> out;
+    if (!file.ok()) return out;
+    for (const char* t : {"encoder.weight", "encoder.bias", "W_dec", "b_dec"}) out[t] = file->Get(t)->clone();
+    return out;
+  }
+
+  // Per-step losses of `r` against the single-process run (its steps [first, first + count)).
+  static void ExpectSameLosses(const RunResult& r, int first_step = 1) {
+    ASSERT_EQ(r.exit_code, 0) << r.log;
+    ASSERT_EQ(static_cast<int>(r.steps.size()), kSteps - first_step + 1) << r.log;
+    for (const auto& s : r.steps) {
+      const int step = s["step"].get<int>();
+      const auto& want = single_->steps.at(step - 1);
+      for (const char* field : {"loss", "fvu", "auxk_loss"}) {
+        const double a = s[field].get<double>(), b = want[field].get<double>();
+        EXPECT_LE(std::abs(a - b), 1e-5 * std::max(std::abs(b), 1e-3)) << field << " at step " << step;
+      }
+      EXPECT_EQ(s["num_dead"], want["num_dead"]) << "step " << step;
+    }
+  }
+
+  static void ExpectSameWeights(const RunResult& r) {
+    const auto got = Weights(r), want = Weights(*single_);
+    ASSERT_EQ(got.size(), 4u);
+    for (const auto& [name, tensor] : want) {
+      ASSERT_EQ(got.at(name).sizes(), tensor.sizes()) << name;
+      EXPECT_LE(testing::RelativeError(got.at(name), tensor), 1e-5) << name;
+    }
+  }
+
+  static testing::TempDir* root_;
+  static RunResult* single_;
+};
+
+testing::TempDir* DistributedTraining::root_ = nullptr;
+RunResult* DistributedTraining::single_ = nullptr;
+
+TEST_F(DistributedTraining, SingleProcessRunExercisesAuxK) {
+  ASSERT_EQ(single_->exit_code, 0) << single_->log;
+  ASSERT_EQ(static_cast<int>(single_->steps.size()), kSteps);
+  int with_aux = 0;
+  for (const auto& s : single_->steps) with_aux += s["auxk_loss"].get<double>() > 0 ? 1 : 0;
+  EXPECT_GT(with_aux, 0) << "no step had dead latents: the AuxK exchange would go untested";
+}
+
+TEST_F(DistributedTraining, TwoShardsExactMatchesSingleProcess) {
+  const auto r = Run("s2", "{shards: 2, exact: true}", {});
+  ExpectSameLosses(r);
+  ExpectSameWeights(r);
+  EXPECT_EQ(r.evaluation["sharding"]["shards"], 2);
+}
+
+TEST_F(DistributedTraining, TwoReplicasMatchSingleProcess) {
+  const auto r = Run("r2", "{replicas: 2}", {});
+  ExpectSameLosses(r);
+  ExpectSameWeights(r);
+}
+
+TEST_F(DistributedTraining, TwoShardsTimesTwoReplicasExactMatchSingleProcess) {
+  const auto r = Run("s2r2", "{shards: 2, replicas: 2, exact: true}", {});
+  ExpectSameLosses(r);
+  ExpectSameWeights(r);
+}
+
+TEST_F(DistributedTraining, CapacityFactorTwoIsExactForTwoShards) {
+  const auto r = Run("s2c2", "{shards: 2, capacity_factor: 2}", {});
+  ExpectSameLosses(r);
+  EXPECT_EQ(r.evaluation["sharding"]["candidates_per_shard"], 8);  // k_in = min(ceil(2 * 8 / 2), 8)
+  EXPECT_EQ(r.evaluation["sharding"]["training_overflow_tokens"], 0);
+}
+
+TEST_F(DistributedTraining, FourShardsWithCapacityTwoOverflowButStayClose) {
+  const auto r = Run("s4c2", "{shards: 4, capacity_factor: 2}", {});
+  ASSERT_EQ(r.exit_code, 0) << r.log;
+  EXPECT_EQ(r.evaluation["sharding"]["candidates_per_shard"], 4);  // ceil(2 * 8 / 4)
+  EXPECT_GT(r.evaluation["sharding"]["training_overflow_tokens"].get<int64_t>(), 0);
+  EXPECT_GT(r.evaluation["sharding"]["eval_overflow_rate"].get<double>(), 0);
+  int64_t per_step = 0;
+  for (const auto& s : r.steps) per_step += s["overflow_tokens"].get<int64_t>();
+  EXPECT_EQ(per_step, r.evaluation["sharding"]["training_overflow_tokens"].get<int64_t>());
+  const double fvu = r.evaluation["fvu"].get<double>(), exact = single_->evaluation["fvu"].get<double>();
+  EXPECT_LE(std::abs(fvu - exact), 0.02 * exact) << "capacity factor 2 FVU " << fvu << " vs exact " << exact;
+}
+
+TEST_F(DistributedTraining, UnshardedCheckpointResumesSharded) {
+  const std::string dir = *root_ / "resume_into_sharded";
+  const auto first = Run("resume_a1", "", {"--total-tokens", std::to_string(10 * kBatch)}, dir);
+  ASSERT_EQ(first.exit_code, 0) << first.log;
+  const auto second = Run("resume_a2", "{shards: 2, exact: true}", {}, dir);
+  ExpectSameLosses(second, 11);
+  ExpectSameWeights(second);
+}
+
+TEST_F(DistributedTraining, ShardedReplicatedCheckpointResumesUnsharded) {
+  const std::string dir = *root_ / "resume_into_single";
+  const auto first = Run("resume_b1", "{shards: 2, replicas: 2, exact: true}",
+                         {"--total-tokens", std::to_string(10 * kBatch)}, dir);
+  ASSERT_EQ(first.exit_code, 0) << first.log;
+  EXPECT_TRUE(std::filesystem::exists(dir + "/checkpoints/step_000000010/trainer_state.shard-00001-of-00002.safetensors"));
+  const auto second = Run("resume_b2", "", {}, dir);
+  ExpectSameLosses(second, 11);
+  ExpectSameWeights(second);
+}
+
+TEST_F(DistributedTraining, KilledRankEndsEveryOtherRankWithinTheTimeout) {
+  const std::string config = *root_ / "kill.yaml";
+  testing::WriteFile(config, Config("{shards: 2, replicas: 2, exact: true, timeout_seconds: 20}"));
+  const int port = FindFreeLoopbackPort();
+  const std::string metrics = *root_ / "kill.jsonl";
+  std::vector<pid_t> ranks;
+  for (int rank = 0; rank < 4; ++rank) {
+    std::vector<std::string> argv = {SAEGRID_BINARY, "train", "--config", config, "--output-dir", *root_ / "kill",
+                                     "--total-tokens", "100000000", "--threads", "1", "--quiet",
+                                     "--rank", std::to_string(rank), "--world-size", "4",
+                                     "--rendezvous", "127.0.0.1:" + std::to_string(port)};
+    if (rank == 0) argv.insert(argv.end(), {"--metrics-jsonl", metrics});
+    ranks.push_back(testing::StartProcess(argv, *root_ / ("kill" + std::to_string(rank) + ".log")));
+  }
+  // Mid-run: once rank 0 has logged a few steps.
+  const auto wait_until = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (testing::ReadLines(metrics).size() < 3 && std::chrono::steady_clock::now() < wait_until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_GE(testing::ReadLines(metrics).size(), 3u) << testing::ReadFile(*root_ / "kill0.log");
+  kill(ranks[2], SIGKILL);
+  const auto killed_at = std::chrono::steady_clock::now();
+  EXPECT_EQ(testing::WaitProcess(ranks[2], 10), 128 + SIGKILL);
+  for (int rank : {0, 1, 3}) {
+    const auto code = testing::WaitProcess(ranks[rank], 20 + 10);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed_at).count();
+    const std::string log = testing::ReadFile(*root_ / ("kill" + std::to_string(rank) + ".log"));
+    ASSERT_TRUE(code.has_value()) << "rank " << rank << " still running after the timeout";
+    EXPECT_EQ(*code, 3) << log;
+    EXPECT_LT(seconds, 20) << "rank " << rank;
+    EXPECT_THAT(log, HasSubstr("lost rank 2")) << "rank " << rank;
+  }
+}
+
+TEST_F(DistributedTraining, LayoutErrorsAreNamed) {
+  // 1024 latents do not split into 3 shards.
+  auto r = Run("bad_shards", "{shards: 3}", {});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.log, HasSubstr("model.num_latents"));
+  // The world size must be shards x replicas.
+  const std::string config = *root_ / "bad_world.yaml";
+  testing::WriteFile(config, Config("{shards: 2}"));
+  const std::string log = *root_ / "bad_world.log";
+  EXPECT_EQ(testing::RunProcess({SAEGRID_BINARY, "train", "--config", config, "--rank", "0", "--world-size", "3",
+                                 "--rendezvous", "127.0.0.1:" + std::to_string(FindFreeLoopbackPort())},
+                                log, 60),
+            2);
+  EXPECT_THAT(testing::ReadFile(log), HasSubstr("parallelism.shards x parallelism.replicas"));
+  r = Run("bad_local", "{shards: 2}", {"--local-ranks", "3"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.log, HasSubstr("--local-ranks 3"));
+}
+
+}  // namespace
+}  // namespace saegrid
