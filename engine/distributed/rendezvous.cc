@@ -128,9 +128,15 @@ std::string Rendezvous::Key(absl::string_view suffix) const {
 
 void Rendezvous::HeartbeatLoop() {
   const std::string key = Key(absl::StrCat("heartbeat/", options_.rank));
+  const std::string abort_key = Key("abort");
   while (!stop_.load()) {
     try {
       heartbeat_->add(key, 1);
+      if (heartbeat_->check({abort_key})) {
+        const std::string reason = String(heartbeat_->get(abort_key));
+        absl::MutexLock lock(&abort_mu_);
+        abort_reason_ = reason;
+      }
     } catch (const std::exception&) {
       return;  // the store is gone; the next collective reports it
     }
@@ -172,6 +178,14 @@ absl::Status Rendezvous::DescribeFailure(absl::string_view operation, absl::stri
         "rank ", me, ": ", operation, " failed and the rendezvous store at ", store_at,
         " is gone: lost rank 0 (it serves the store). Cause: ", cause));
   };
+  {
+    // Another rank already found the lost one.
+    absl::MutexLock lock(&abort_mu_);
+    if (!abort_reason_.empty()) {
+      return absl::UnavailableError(absl::StrCat("rank ", me, ": ", operation, " failed: ", abort_reason_,
+                                                 ". Cause: ", cause));
+    }
+  }
   std::vector<int64_t> before(options_.world_size), after(options_.world_size);
   std::vector<bool> failed(options_.world_size, false);
   try {
@@ -193,14 +207,23 @@ absl::Status Rendezvous::DescribeFailure(absl::string_view operation, absl::stri
   for (int r = 0; r < options_.world_size; ++r) {
     if (r != me && after[r] == before[r] && !failed[r]) lost.push_back(r);
   }
+  std::string lost_reason;
+  if (!lost.empty()) {
+    lost_reason = absl::StrCat("lost rank", lost.size() > 1 ? "s " : " ", absl::StrJoin(lost, ", "),
+                               " (no heartbeat, seen by rank ", me, ")");
+    try {
+      heartbeat_->set(Key("abort"), Bytes(lost_reason));
+    } catch (const std::exception&) {
+    }
+  }
   if (me == 0) {
-    // Rank 0 serves the store: stay up a little longer so that the others can diagnose too.
+    // Rank 0 serves the store: stay up long enough for every other rank's heartbeat thread to
+    // read the diagnosis.
     std::this_thread::sleep_for(options_.heartbeat_interval * 4 + std::chrono::milliseconds(200));
   }
   if (!lost.empty()) {
-    return absl::UnavailableError(absl::StrCat("rank ", me, ": ", operation, " failed: lost rank",
-                                               lost.size() > 1 ? "s " : " ", absl::StrJoin(lost, ", "),
-                                               " (no heartbeat). Cause: ", cause));
+    return absl::UnavailableError(absl::StrCat("rank ", me, ": ", operation, " failed: ", lost_reason,
+                                               ". Cause: ", cause));
   }
   std::vector<int> failing;
   for (int r = 0; r < options_.world_size; ++r) {

@@ -62,6 +62,9 @@ class Rendezvous {
   // failing, watches the heartbeats for a few intervals and reports the ranks whose heartbeat
   // stopped without their saying they failed. kUnavailable when a rank was lost (or the store
   // itself, which rank 0 serves), kDeadlineExceeded when everyone is alive but too slow.
+  // A rank that finds the lost rank publishes it in the store; the heartbeat thread of every
+  // other rank picks it up, so that a rank whose own failure comes later (say, because rank 0
+  // exited) still names the rank that was lost first.
   absl::Status DescribeFailure(absl::string_view operation, absl::string_view cause);
 
  private:
@@ -73,7 +76,9 @@ class Rendezvous {
   c10::intrusive_ptr<c10d::Store> tcp_;        // the connection to the store (rank 0 serves it)
   c10::intrusive_ptr<c10d::Store> store_;      // this attempt's namespace over tcp_
   c10::intrusive_ptr<c10d::Store> heartbeat_;  // a second connection for the heartbeat thread
-  absl::Mutex mu_;                          // the store client is not thread-safe
+  absl::Mutex mu_;                          // serialises the main connection's users
+  absl::Mutex abort_mu_;
+  std::string abort_reason_ ABSL_GUARDED_BY(abort_mu_);  // a diagnosis another rank published
   std::atomic<bool> stop_{false};
   std::thread heartbeat_thread_;
 };
