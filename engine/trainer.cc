@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "engine/status_macros.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -18,12 +19,6 @@ namespace {
 double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
 }
-
-#define SAEGRID_RETURN_IF_ERROR(expr)  \
-  do {                                 \
-    const absl::Status _st = (expr);   \
-    if (!_st.ok()) return _st;         \
-  } while (0)
 
 // All-reduces a few doubles in one call.
 absl::Status AllReduceScalars(Communicator* comm, ReduceOp op, std::vector<double*> values) {

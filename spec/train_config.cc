@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "engine/status_macros.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
@@ -20,12 +21,6 @@ absl::Status InRange(const std::string& field, T value, T lo, T hi) {
   }
   return absl::OkStatus();
 }
-
-#define SAEGRID_RETURN_IF_ERROR(expr)   \
-  do {                                  \
-    const absl::Status _st = (expr);    \
-    if (!_st.ok()) return _st;          \
-  } while (0)
 
 absl::Status MapModel(const v1::ModelSpec& s, ModelConfig* m) {
   if (s.architecture().empty() || s.architecture() == "topk") m->architecture = Architecture::kTopK;
