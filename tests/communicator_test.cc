@@ -56,7 +56,7 @@ TEST(Rendezvous, DisagreeingWorldSizeIsNamed) {
   const int code = testing::RunProcess({Probe(), "join", std::to_string(port), "1", "3", "5000"}, dir / "b", 60);
   testing::WaitProcess(leader, 60);
   EXPECT_EQ(code, 3);
-  EXPECT_THAT(testing::ReadFile(dir / "b"), HasSubstr("rank 1"));
+  EXPECT_THAT(testing::ReadFile(dir / "b"), HasSubstr("rank 1 was started with world size 3 but rank 0 with 2"));
 }
 
 TEST(Rendezvous, BadAddressesAreRejected) {
