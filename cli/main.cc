@@ -3,6 +3,7 @@
 #include <string>
 
 #include "absl/strings/str_format.h"
+#include "cli/job_commands.h"
 #include "cli/train_command.h"
 
 namespace {
@@ -10,7 +11,18 @@ namespace {
 constexpr char kUsage[] =
     "usage: saegrid <command> [options]\n"
     "commands:\n"
-    "  train    train an SAE locally from a job specification (saegrid train --help)\n";
+    "  train     train an SAE locally from a job specification (saegrid train --help)\n"
+    "  submit    submit a job to the coordinator (FILE [--wait])\n"
+    "  get       show a job (JOB [--events])\n"
+    "  list      list jobs (--state, --label, --page-size, --all)\n"
+    "  watch     stream a job's transitions and progress until it ends\n"
+    "  cancel    cancel a job; its ranks write a final checkpoint (JOB [--grace S] [--wait])\n"
+    "  download  download and unpack a checkpoint (JOB [--step N] -o DIR)\n"
+    "  results   print a job's evaluation\n"
+    "service options: --coordinator HOST:PORT (SAEGRID_COORDINATOR), --token-file FILE\n"
+    "  (SAEGRID_CLIENT_TOKEN), --tls-ca FILE, --json\n"
+    "exit codes: 0 ok; 1 job FAILED; 2 bad usage or request rejected; 3 coordinator unreachable;\n"
+    "  4 not found; 5 not authenticated; 6 data loss (sha256); 7 job CANCELLED; 8 other error\n";
 
 }  // namespace
 
@@ -20,7 +32,15 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string command = argv[1];
-  if (command == "train") return saegrid::cli::RunTrainCommand(argc - 2, argv + 2);
+  namespace cli = saegrid::cli;
+  if (command == "train") return cli::RunTrainCommand(argc - 2, argv + 2);
+  if (command == "submit") return cli::RunSubmitCommand(argc - 2, argv + 2);
+  if (command == "get") return cli::RunGetCommand(argc - 2, argv + 2);
+  if (command == "list") return cli::RunListCommand(argc - 2, argv + 2);
+  if (command == "watch") return cli::RunWatchCommand(argc - 2, argv + 2);
+  if (command == "cancel") return cli::RunCancelCommand(argc - 2, argv + 2);
+  if (command == "download") return cli::RunDownloadCommand(argc - 2, argv + 2);
+  if (command == "results") return cli::RunResultsCommand(argc - 2, argv + 2);
   if (command == "-h" || command == "--help" || command == "help") {
     absl::FPrintF(stdout, "%s", kUsage);
     return 0;

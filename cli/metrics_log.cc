@@ -19,6 +19,7 @@ void MetricsLog::Write(const std::string& line) {
 
 void MetricsLog::OnStep(const StepMetrics& m) {
   nlohmann::json j = {{"step", m.step},
+                      {"total_steps", m.total_steps},
                       {"tokens", m.tokens},
                       {"loss", m.loss},
                       {"fvu", m.fvu},

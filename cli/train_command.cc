@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -42,7 +43,8 @@ constexpr char kUsage[] =
     "  environment: SAEGRID_BIND_HOST (address this rank accepts peers on; default: 127.0.0.1\n"
     "  for a loopback rendezvous, else this host's name), SAEGRID_LOCAL_RANKS (ranks sharing\n"
     "  this machine's cores, for the default thread count)\n"
-    "exit codes: 0 done, 1 failed, 2 bad usage or config, 3 lost a peer rank, 130 interrupted\n";
+    "exit codes: 0 done, 1 failed, 2 bad usage or config, 3 lost a peer rank,\n"
+    "  4 the checkpoint to resume from could not be restored, 130 stopped by a signal\n";
 
 Trainer* g_trainer = nullptr;
 volatile std::sig_atomic_t g_interrupted = 0;
@@ -84,7 +86,7 @@ int StatusExitCode(const absl::Status& status) {
 int RunTrainCommand(int argc, char** argv) {
   std::string config_path, output_dir, rendezvous, attempt = "0", metrics_path;
   int64_t threads = -1, total_tokens = -1, rank = -1, world_size = -1, local_ranks = -1;
-  bool no_resume = false, quiet = false;
+  bool no_resume = false, quiet = false, gather_checkpoints = false;
   std::vector<std::string> passthrough;  // what --local-ranks hands on to every rank
   for (int i = 0; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -117,8 +119,8 @@ int RunTrainCommand(int argc, char** argv) {
                                     : arg == "--world-size"   ? world_size
                                                               : local_ranks) = n;
       if (arg == "--threads" || arg == "--total-tokens") passthrough.insert(passthrough.end(), {arg, v});
-    } else if (arg == "--no-resume" || arg == "--quiet") {
-      (arg == "--no-resume" ? no_resume : quiet) = true;
+    } else if (arg == "--no-resume" || arg == "--quiet" || arg == "--gather-checkpoints") {
+      (arg == "--no-resume" ? no_resume : arg == "--quiet" ? quiet : gather_checkpoints) = true;
       passthrough.push_back(arg);
     } else if (arg == "-h" || arg == "--help") {
       absl::FPrintF(stdout, "%s", kUsage);
@@ -155,6 +157,7 @@ int RunTrainCommand(int argc, char** argv) {
     absl::FPrintF(stderr, "saegrid: invalid config %s: %s\n", config_path, config.status().message());
     return 2;
   }
+  config->checkpoint.gather_to_leader = gather_checkpoints;
   const int64_t gang_size = config->parallelism.shards * config->parallelism.replicas;
   if (!one_rank && (local_ranks > 0 || gang_size > 1)) {
     if (local_ranks > 0 && local_ranks != gang_size) {
@@ -201,8 +204,11 @@ int RunTrainCommand(int argc, char** argv) {
   auto trainer = Trainer::Create(*config, std::move(gang));
   if (!trainer.ok()) {
     absl::FPrintF(stderr, "%s: %s\n", who, trainer.status().message());
-    if (one_rank) ExitNow(StatusExitCode(trainer.status()));
-    return StatusExitCode(trainer.status());
+    const int code = absl::StartsWith(trainer.status().message(), kRestoreFailedPrefix)
+                         ? 4
+                         : StatusExitCode(trainer.status());
+    if (one_rank) ExitNow(code);
+    return code;
   }
   const auto& mc = (*trainer)->config().model;
   if (!quiet && leader) {

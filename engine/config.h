@@ -83,6 +83,9 @@ struct CheckpointConfig {
   int64_t keep_last = 3;
   bool export_saelens = true;
   bool resume = true;  // resume from the latest checkpoint under output_dir if there is one
+  // Ranks without a shared output_dir (service workers on different machines): replica 0's
+  // shards send their state slices to rank 0, which writes the whole checkpoint alone.
+  bool gather_to_leader = false;
 };
 
 struct EvaluationConfig {

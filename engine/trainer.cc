@@ -107,7 +107,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
   }
   if (!latest.empty()) {
     auto st = t->Resume(latest);
-    if (!st.ok()) return st;
+    if (!st.ok()) {
+      return absl::Status(st.code(), absl::StrCat(kRestoreFailedPrefix, latest, ": ", st.message()));
+    }
   } else {
     // The same sample on every rank (the global order's first rows): the same b_pre everywhere.
     auto sample = t->source_->Sample(model.geometric_median_samples);
@@ -345,6 +347,55 @@ absl::StatusOr<EvalResult> Trainer::Evaluate() {
   return result;
 }
 
+// Every shard's state tensors are equal in shape, so one all-gather per tensor over replica 0's
+// shard group brings them to rank 0, which writes every slice file. Costs rank 0 the memory of
+// the whole state for the duration of the checkpoint.
+absl::Status Trainer::GatherStateSlicesToLeader(const SaeParameters& raw, const TrainerState& state) {
+  const auto& layout = gang_->layout;
+  Communicator* shards = gang_->shard_group.get();
+  auto gather = [&](const torch::Tensor& t, std::vector<torch::Tensor>* per_shard) -> absl::Status {
+    auto all = shards->AllGather(t.contiguous());
+    if (!all.ok()) return all.status();
+    per_shard->clear();
+    for (int64_t i = 0; i < layout.shards; ++i) per_shard->push_back((*all)[i].clone());
+    return absl::OkStatus();
+  };
+  std::vector<SaeParameters> params(layout.shards);
+  std::vector<TrainerState> states(layout.shards, state);
+  std::vector<torch::Tensor> parts;
+  const auto raw_all = raw.All();
+  for (size_t p = 0; p < raw_all.size(); ++p) {
+    SAEGRID_RETURN_IF_ERROR(gather(raw_all[p], &parts));
+    for (int64_t i = 0; i < layout.shards; ++i) {
+      torch::Tensor* fields[] = {&params[i].w_enc, &params[i].b_enc, &params[i].w_dec, &params[i].b_pre};
+      *fields[p] = parts[i];
+    }
+  }
+  auto gather_list = [&](const std::vector<torch::Tensor>& list,
+                         std::vector<torch::Tensor> TrainerState::*member) -> absl::Status {
+    for (size_t p = 0; p < list.size(); ++p) {
+      SAEGRID_RETURN_IF_ERROR(gather(list[p], &parts));
+      for (int64_t i = 0; i < layout.shards; ++i) (states[i].*member)[p] = parts[i];
+    }
+    return absl::OkStatus();
+  };
+  SAEGRID_RETURN_IF_ERROR(gather_list(state.adam_exp_avg, &TrainerState::adam_exp_avg));
+  SAEGRID_RETURN_IF_ERROR(gather_list(state.adam_exp_avg_sq, &TrainerState::adam_exp_avg_sq));
+  SAEGRID_RETURN_IF_ERROR(gather_list(state.ema_shadow, &TrainerState::ema_shadow));
+  SAEGRID_RETURN_IF_ERROR(gather(state.tokens_since_fired, &parts));
+  for (int64_t i = 0; i < layout.shards; ++i) states[i].tokens_since_fired = parts[i];
+  if (!is_leader()) return absl::OkStatus();
+  const int64_t per = config_.model.num_latents / layout.shards;
+  for (int64_t i = 0; i < layout.shards; ++i) {
+    if (i > 0) states[i].rng_state = torch::Tensor();  // as in the shared-directory layout
+    states[i].latent_begin = i * per;
+    states[i].latent_end = (i + 1) * per;
+    SAEGRID_RETURN_IF_ERROR(WriteStateSlice(CheckpointTempDir(config_.checkpoint.output_dir, step_),
+                                            StateSliceFileName(i, layout.shards), params[i], states[i]));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> Trainer::WriteCheckpointNow(const EvalResult* evaluation) {
   const auto& layout = gang_->layout;
   const std::string& output_dir = config_.checkpoint.output_dir;
@@ -379,10 +430,15 @@ absl::StatusOr<std::string> Trainer::WriteCheckpointNow(const EvalResult* evalua
   }
   if (is_leader()) s.rng_state = at::detail::getDefaultCPUGenerator().get_state();
   absl::Status written = absl::OkStatus();
-  if (layout.replica() == 0) {
+  if (layout.replica() == 0 && config_.checkpoint.gather_to_leader && layout.shards > 1) {
+    written = GatherStateSlicesToLeader(model_->params().Clone(), s);
+    if (!written.ok() && !is_leader()) return written;  // a failed collective: the gang is gone
+  } else if (layout.replica() == 0) {
     written = WriteStateSlice(CheckpointTempDir(output_dir, step_),
                               StateSliceFileName(layout.shard(), layout.shards),
                               model_->params().Clone(), s);
+  }
+  if (layout.replica() == 0) {
     auto merged = GatherPublishedWeights();
     if (!merged.ok()) return merged.status();
     c.published = *merged;

@@ -19,6 +19,11 @@
 
 namespace saegrid {
 
+struct TrainerState;
+
+// Errors of Trainer::Create that come from restoring a checkpoint start with this.
+inline constexpr char kRestoreFailedPrefix[] = "cannot restore checkpoint ";
+
 struct StepMetrics {
   int64_t step = 0;  // steps completed
   int64_t total_steps = 0;
@@ -88,6 +93,7 @@ class Trainer {
   absl::Status Resume(const std::string& step_dir);
   absl::Status CheckSameStart();
   absl::StatusOr<SaeParameters> GatherPublishedWeights();
+  absl::Status GatherStateSlicesToLeader(const SaeParameters& raw, const TrainerState& state);
   absl::StatusOr<StepMetrics> StepOrFail();
 
   TrainConfig config_;

@@ -1,16 +1,55 @@
 #!/usr/bin/env bash
-# The main job end to end on embedded defaults: trains a TopK SAE on seed 004's synthetic data
-# (512 known features in 256 dimensions) with the local `saegrid train`, then prints the
-# evaluation, including how many of the true features the SAE recovered.
+# The main job end to end on embedded defaults: a coordinator (SQLite + a local data directory)
+# and two workers on this machine, a 2-shard toy TopK job (capacity factor 2) submitted with the
+# saegrid client, its progress streamed, the checkpoint downloaded (sha256 checked) and the
+# evaluation printed; then everything shuts down. Tokens are generated for this run.
 set -euo pipefail
 build_dir=${1:-build}
-out_dir=${SAEGRID_DEMO_OUT:-out/demo}
-rm -rf "$out_dir"
-threads=$(nproc)
-"$build_dir/bin/saegrid" train --config examples/toy_topk.yaml --output-dir "$out_dir" --threads "$threads"
-latest=$(cat "$out_dir/checkpoints/LATEST")
+bin="$build_dir/bin"
+work=${SAEGRID_DEMO_OUT:-out/demo}
+rm -rf "$work"
+mkdir -p "$work"
+work=$(cd "$work" && pwd)
+
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/client.token"
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/worker.token"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+"$bin/saegrid-coordinator" --listen 127.0.0.1:0 --port-file "$work/port" --data-dir "$work/coordinator" \
+  --client-token-file "$work/client.token" --worker-token-file "$work/worker.token" \
+  > "$work/coordinator.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [ -s "$work/port" ] && break; sleep 0.1; done
+[ -s "$work/port" ] || { echo "demo: the coordinator did not start:"; cat "$work/coordinator.log"; exit 1; }
+address="127.0.0.1:$(cat "$work/port")"
+echo "demo: coordinator on $address (data in $work/coordinator)"
+
+# Two workers sharing this machine's cores.
+threads=$(( $(nproc) / 2 )); [ "$threads" -ge 1 ] || threads=1
+for i in 1 2; do
+  "$bin/saegrid-worker" --coordinator "$address" --worker-id "worker-$i" --data-dir "$work/worker-$i" \
+    --worker-token-file "$work/worker.token" --threads "$threads" > "$work/worker-$i.log" 2>&1 &
+  pids+=($!)
+done
+echo "demo: workers worker-1 and worker-2 started"
+
+export SAEGRID_COORDINATOR="$address" SAEGRID_CLIENT_TOKEN="$(cat "$work/client.token")"
+job=$("$bin/saegrid" submit examples/toy_service.yaml --json | jq -r .job.job_id)
+echo "demo: submitted $job"
+"$bin/saegrid" watch "$job"
+"$bin/saegrid" download "$job" -o "$work/download"
 echo
-echo "checkpoint: $out_dir/checkpoints/$latest"
-echo "  sparsify layout: $out_dir/checkpoints/$latest/sae/{cfg.json,sae.safetensors}"
-echo "  SAELens layout:  $out_dir/checkpoints/$latest/saelens/"
-echo "  evaluation:      $out_dir/checkpoints/$latest/evaluation.json"
+"$bin/saegrid" results "$job"
+echo
+"$bin/saegrid" get "$job" --events
+step_dir=$(ls -d "$work/download"/step_* | tail -1)
+echo
+echo "checkpoint: $step_dir"
+echo "  sparsify layout: $step_dir/sae/{cfg.json,sae.safetensors}"
+echo "  SAELens layout:  $step_dir/saelens/"
+echo "  evaluation:      $step_dir/evaluation.json"

@@ -16,7 +16,7 @@ packages=(
   # config parsing and tests
   nlohmann-json3-dev libyaml-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev
   # helpers used by scripts and tests
-  python3 python3-numpy jq
+  python3 python3-numpy python3-grpcio python3-protobuf jq
 )
 
 missing=()

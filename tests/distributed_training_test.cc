@@ -193,6 +193,19 @@ TEST_F(DistributedTraining, ShardedReplicatedCheckpointResumesUnsharded) {
   ExpectSameWeights(second);
 }
 
+// Service workers share no output directory: rank 0 gathers every shard's state and writes the
+// checkpoint alone, and it resumes exactly like one written by the shards themselves.
+TEST_F(DistributedTraining, CheckpointGatheredToRankZeroResumes) {
+  const std::string dir = *root_ / "resume_gathered";
+  const auto first = Run("resume_c1", "{shards: 2, replicas: 2, exact: true}",
+                         {"--total-tokens", std::to_string(10 * kBatch), "--gather-checkpoints"}, dir);
+  ASSERT_EQ(first.exit_code, 0) << first.log;
+  EXPECT_TRUE(std::filesystem::exists(dir + "/checkpoints/step_000000010/trainer_state.shard-00001-of-00002.safetensors"));
+  const auto second = Run("resume_c2", "{shards: 2, exact: true}", {"--gather-checkpoints"}, dir);
+  ExpectSameLosses(second, 11);
+  ExpectSameWeights(second);
+}
+
 TEST_F(DistributedTraining, KilledRankEndsEveryOtherRankWithinTheTimeout) {
   const std::string config = *root_ / "kill.yaml";
   testing::WriteFile(config, Config("{shards: 2, replicas: 2, exact: true, timeout_seconds: 20}"));

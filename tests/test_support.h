@@ -3,6 +3,8 @@
 
 #include <torch/types.h>
 
+#include "tests/process_support.h"
+
 #include <sys/types.h>
 
 #include <filesystem>
@@ -15,32 +17,5 @@ namespace saegrid::testing {
 // Norm-wise relative error ||actual - expected|| / max(||expected||, tiny), the tolerance
 // measure the numerical tests state.
 double RelativeError(const torch::Tensor& actual, const torch::Tensor& expected);
-
-// A fresh directory under the system temp dir, removed when the object goes away.
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::filesystem::path& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  std::filesystem::path path_;
-};
-
-void WriteFile(const std::string& path, const std::string& contents);
-std::string ReadFile(const std::string& path);
-
-// Child processes for the multi-process tests: `argv[0]` is a path; stdout and stderr go to
-// `log`. Wait returns the exit code (128 + signal when killed), or nothing when `timeout_s`
-// passed first (the child is then killed, so nothing outlives a test).
-pid_t StartProcess(const std::vector<std::string>& argv, const std::string& log);
-std::optional<int> WaitProcess(pid_t pid, double timeout_s);
-int RunProcess(const std::vector<std::string>& argv, const std::string& log, double timeout_s);
-
-// The lines of a file.
-std::vector<std::string> ReadLines(const std::string& path);
 
 }  // namespace saegrid::testing

@@ -1,0 +1,24 @@
+// Flag parsing for the daemons: "--name value" or "--name=value", every flag named in errors.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace saegrid::rpc {
+
+struct FlagSpec {
+  std::string* value = nullptr;  // string flags
+  bool* present = nullptr;       // boolean flags (no value)
+};
+
+// Fills the flags named in `flags`; positional arguments go to `positional` (error when null).
+absl::Status ParseFlags(int argc, char** argv, const std::map<std::string, FlagSpec>& flags,
+                        std::vector<std::string>* positional = nullptr);
+
+// Parses a duration flag given in seconds ("2", "0.5").
+absl::Status ParseSeconds(const std::string& flag, const std::string& text, double* seconds);
+
+}  // namespace saegrid::rpc

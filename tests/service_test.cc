@@ -1,0 +1,457 @@
+// The control plane end to end with real processes on loopback: saegrid-coordinator (SQLite in
+// its data directory), saegrid-worker daemons running `saegrid train` ranks, and clients over
+// gRPC (generated C++ stubs, the saegrid CLI, and a Python client generated from the .proto
+// files alone).
+#include <gmock/gmock.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <filesystem>
+#include <set>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "nlohmann/json.hpp"
+#include "rpc/sha256.h"
+#include "tests/service_cluster.h"
+
+namespace saegrid {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::ServiceCluster;
+
+bool Terminal(const v1::Job& job) {
+  return job.state() == v1::JOB_STATE_SUCCEEDED || job.state() == v1::JOB_STATE_FAILED ||
+         job.state() == v1::JOB_STATE_CANCELLED;
+}
+
+std::string StateName(v1::JobState s) { return v1::JobState_Name(s); }
+
+// Submits through the CLI (as a user would) and returns the job id.
+std::string SubmitWithCli(ServiceCluster& cluster, const std::string& spec_yaml, const std::string& name,
+                          const std::vector<std::string>& extra = {}) {
+  const std::string spec = cluster.dir() / (name + ".yaml");
+  testing::WriteFile(spec, spec_yaml);
+  std::vector<std::string> argv = {SAEGRID_BINARY, "submit", spec, "--json", "--coordinator", cluster.address(),
+                                   "--token-file", cluster.dir() / "client.token"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  const std::string out = cluster.dir() / (name + ".submit.out");
+  const int code = testing::RunProcess(argv, out, 60);
+  EXPECT_EQ(code, 0) << testing::ReadFile(out);
+  auto j = nlohmann::json::parse(testing::ReadLines(out).at(0), nullptr, false);
+  return j.is_object() ? j["job"]["job_id"].get<std::string>() : "";
+}
+
+int RunCli(ServiceCluster& cluster, std::vector<std::string> args, const std::string& log) {
+  args.insert(args.begin(), SAEGRID_BINARY);
+  args.insert(args.end(), {"--coordinator", cluster.address(), "--token-file", cluster.dir() / "client.token"});
+  return testing::RunProcess(args, log, 120);
+}
+
+std::vector<v1::JobEvent> Events(ServiceCluster& cluster, const std::string& job_id) {
+  v1::ListJobEventsRequest request;
+  request.set_job_id(job_id);
+  v1::ListJobEventsResponse response;
+  EXPECT_TRUE(cluster.jobs().ListJobEvents(cluster.Context().get(), request, &response).ok());
+  return {response.events().begin(), response.events().end()};
+}
+
+TEST(Service, SubmitWatchDownloadAndEvaluate) {
+  ServiceCluster cluster;
+  const std::string spec = testing::SmallJobSpec(/*shards=*/2, /*steps=*/150, /*every=*/50, /*d=*/128, /*latents=*/2048);
+  const std::string job_id = SubmitWithCli(cluster, spec, "job");
+  ASSERT_FALSE(job_id.empty());
+
+  // WatchJob: the current state first, then transitions with increasing revisions, to the end.
+  v1::WatchJobRequest watch;
+  watch.set_job_id(job_id);
+  watch.set_progress_interval_seconds(0.2);
+  auto ctx = cluster.Context();
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(240));
+  auto reader = cluster.jobs().WatchJob(ctx.get(), watch);
+  v1::JobUpdate update;
+  std::vector<v1::JobState> transitions;
+  int64_t revision = -1;
+  int updates = 0, progress_updates = 0;
+  v1::JobState first_state = v1::JOB_STATE_UNSPECIFIED;
+  while (reader->Read(&update)) {
+    EXPECT_GT(update.revision(), revision);
+    revision = update.revision();
+    if (updates++ == 0) {
+      EXPECT_FALSE(update.has_event()) << "the first update is the current job";
+      first_state = update.job().state();
+    }
+    if (update.has_event() && update.event().from_state() != update.event().to_state()) {
+      transitions.push_back(update.event().to_state());
+    }
+    if (!update.has_event() && update.job().progress().step() > 0) ++progress_updates;
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  // Submission already scheduled it, so the watch may begin in PENDING or STARTING.
+  if (!transitions.empty() && transitions.front() == v1::JOB_STATE_STARTING) transitions.erase(transitions.begin());
+  EXPECT_THAT(first_state, ::testing::AnyOf(v1::JOB_STATE_PENDING, v1::JOB_STATE_STARTING));
+  EXPECT_THAT(transitions, ::testing::ElementsAre(v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED)) << cluster.Logs();
+  EXPECT_GT(progress_updates, 0);
+  const v1::Job job = cluster.GetJob(job_id);
+  ASSERT_EQ(job.state(), v1::JOB_STATE_SUCCEEDED) << job.message() << cluster.Logs();
+  EXPECT_EQ(job.progress().step(), 150);
+  EXPECT_EQ(job.tokens_consumed(), 150 * 256);
+  EXPECT_EQ(job.latest_checkpoint_step(), 150);
+
+  // Checkpoints every 50 steps, the last final; download the newest with the CLI.
+  v1::ListCheckpointsRequest lr;
+  lr.set_job_id(job_id);
+  v1::ListCheckpointsResponse list;
+  ASSERT_TRUE(cluster.jobs().ListCheckpoints(cluster.Context().get(), lr, &list).ok());
+  std::vector<int64_t> steps;
+  for (const auto& c : list.checkpoints()) steps.push_back(c.step());
+  EXPECT_THAT(steps, ::testing::ElementsAre(50, 100, 150));
+  ASSERT_EQ(list.checkpoints_size(), 3);
+  EXPECT_TRUE(list.checkpoints(2).final());
+  EXPECT_TRUE(list.checkpoints(2).has_evaluation());
+  const std::string download = cluster.dir() / "download/checkpoints";
+  ASSERT_EQ(RunCli(cluster, {"download", job_id, "-o", download, "--keep-archive"}, cluster.dir() / "download.log"), 0)
+      << testing::ReadFile(cluster.dir() / "download.log");
+  const std::string archive = absl::StrFormat("%s/%s-step_%09d.tar", download, job_id, 150);
+  auto digest = rpc::Sha256OfFile(archive);
+  ASSERT_TRUE(digest.ok());
+  EXPECT_EQ(*digest, list.checkpoints(2).sha256());
+  EXPECT_TRUE(std::filesystem::exists(download + "/step_000000150/sae/sae.safetensors"));
+
+  // The evaluation over gRPC, and the downloaded checkpoint loads and evaluates to the same FVU:
+  // `saegrid train` resumes it at its final step and only evaluates.
+  v1::GetEvaluationRequest er;
+  er.set_job_id(job_id);
+  v1::Evaluation evaluation;
+  ASSERT_TRUE(cluster.jobs().GetEvaluation(cluster.Context().get(), er, &evaluation).ok());
+  EXPECT_EQ(evaluation.step(), 150);
+  EXPECT_GT(evaluation.fvu(), 0);
+  EXPECT_LT(evaluation.fvu(), 1);
+  std::filesystem::remove(archive);
+  const std::string local_spec = cluster.dir() / "local.yaml";
+  testing::WriteFile(local_spec, testing::SmallJobSpec(1, 150, 50, 128, 2048));
+  const std::string metrics = cluster.dir() / "local.jsonl";
+  ASSERT_EQ(testing::RunProcess({SAEGRID_BINARY, "train", "--config", local_spec, "--output-dir",
+                                 cluster.dir() / "download", "--metrics-jsonl", metrics, "--quiet"},
+                                cluster.dir() / "local.log", 120),
+            0)
+      << testing::ReadFile(cluster.dir() / "local.log");
+  double local_fvu = -1;
+  for (const auto& line : testing::ReadLines(metrics)) {
+    auto j = nlohmann::json::parse(line);
+    EXPECT_FALSE(j.contains("loss")) << "no training step expected: " << line;
+    if (j.contains("evaluation")) local_fvu = j["evaluation"]["fvu"].get<double>();
+  }
+  EXPECT_NEAR(local_fvu, evaluation.fvu(), 1e-6 * std::max(1.0, evaluation.fvu()));
+
+  // Human output of the CLI.
+  ASSERT_EQ(RunCli(cluster, {"results", job_id}, cluster.dir() / "results.log"), 0);
+  EXPECT_THAT(testing::ReadFile(cluster.dir() / "results.log"), HasSubstr("fvu"));
+  ASSERT_EQ(RunCli(cluster, {"get", job_id, "--events"}, cluster.dir() / "get.log"), 0);
+  EXPECT_THAT(testing::ReadFile(cluster.dir() / "get.log"), HasSubstr("SUCCEEDED"));
+}
+
+TEST(Service, IdempotentSubmitPaginationAndPendingReason) {
+  testing::ClusterOptions options;
+  options.workers = 0;  // nothing runs: jobs stay PENDING with a reason
+  ServiceCluster cluster(options);
+  v1::SubmitJobRequest request;
+  request.set_request_id("request-1");
+  request.mutable_spec()->set_name("first");
+  (*request.mutable_spec()->mutable_labels())["team"] = "a";
+  request.mutable_spec()->mutable_data()->mutable_synthetic()->set_d(32);
+  request.mutable_spec()->mutable_training()->set_total_tokens(4096);
+  request.mutable_spec()->mutable_parallelism()->set_shards(2);
+  request.mutable_spec()->mutable_model()->set_num_latents(256);
+  v1::SubmitJobResponse first, again;
+  ASSERT_TRUE(cluster.jobs().SubmitJob(cluster.Context().get(), request, &first).ok());
+  EXPECT_TRUE(first.created());
+  ASSERT_TRUE(cluster.jobs().SubmitJob(cluster.Context().get(), request, &again).ok());
+  EXPECT_FALSE(again.created());
+  EXPECT_EQ(again.job().job_id(), first.job().job_id());
+  v1::SubmitJobRequest changed = request;
+  changed.mutable_spec()->set_name("other");
+  grpc::Status status = cluster.jobs().SubmitJob(cluster.Context().get(), changed, &again);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_THAT(status.error_message(), HasSubstr("request-1"));
+
+  const v1::Job pending = cluster.WaitFor(first.job().job_id(), [](const v1::Job& j) { return !j.pending_reason().empty(); }, 10);
+  EXPECT_EQ(pending.state(), v1::JOB_STATE_PENDING);
+  EXPECT_THAT(pending.pending_reason(), HasSubstr("needs 2 cpu workers, 0 idle"));
+
+  std::set<std::string> ids = {first.job().job_id()};
+  for (int i = 0; i < 6; ++i) {
+    request.set_request_id(absl::StrCat("request-more-", i));
+    (*request.mutable_spec()->mutable_labels())["team"] = i % 2 ? "a" : "b";
+    v1::SubmitJobResponse r;
+    ASSERT_TRUE(cluster.jobs().SubmitJob(cluster.Context().get(), request, &r).ok());
+    ids.insert(r.job().job_id());
+  }
+  ASSERT_EQ(ids.size(), 7u);
+  // Pages of 3: 3 + 3 + 1, newest first, every job exactly once.
+  v1::ListJobsRequest lr;
+  lr.set_page_size(3);
+  std::vector<std::string> seen;
+  int pages = 0;
+  do {
+    v1::ListJobsResponse page;
+    ASSERT_TRUE(cluster.jobs().ListJobs(cluster.Context().get(), lr, &page).ok());
+    ++pages;
+    for (const auto& j : page.jobs()) seen.push_back(j.job_id());
+    lr.set_page_token(page.next_page_token());
+  } while (!lr.page_token().empty());
+  EXPECT_EQ(pages, 3);
+  EXPECT_EQ(std::set<std::string>(seen.begin(), seen.end()), ids);
+  EXPECT_TRUE(std::is_sorted(seen.rbegin(), seen.rend()));
+  // Filters: label team=a holds the first job and 3 more; state RUNNING holds none.
+  v1::ListJobsRequest by_label;
+  (*by_label.mutable_labels())["team"] = "a";
+  v1::ListJobsResponse labelled;
+  ASSERT_TRUE(cluster.jobs().ListJobs(cluster.Context().get(), by_label, &labelled).ok());
+  EXPECT_EQ(labelled.jobs_size(), 4);
+  v1::ListJobsRequest by_state;
+  by_state.add_states(v1::JOB_STATE_RUNNING);
+  v1::ListJobsResponse running;
+  ASSERT_TRUE(cluster.jobs().ListJobs(cluster.Context().get(), by_state, &running).ok());
+  EXPECT_EQ(running.jobs_size(), 0);
+  // Cancelling a pending job ends it at once.
+  v1::CancelJobRequest cancel;
+  cancel.set_job_id(first.job().job_id());
+  v1::Job cancelled;
+  ASSERT_TRUE(cluster.jobs().CancelJob(cluster.Context().get(), cancel, &cancelled).ok());
+  EXPECT_EQ(cancelled.state(), v1::JOB_STATE_CANCELLED);
+}
+
+TEST(Service, BadRequestsGetTheRightStatusCodes) {
+  testing::ClusterOptions options;
+  options.workers = 0;
+  ServiceCluster cluster(options);
+  v1::SubmitJobRequest bad;
+  bad.set_request_id("bad");
+  bad.mutable_spec()->mutable_data()->mutable_synthetic();
+  bad.mutable_spec()->mutable_training()->set_total_tokens(1000);
+  bad.mutable_spec()->mutable_model()->set_k(-3);
+  v1::SubmitJobResponse response;
+  grpc::Status status = cluster.jobs().SubmitJob(cluster.Context().get(), bad, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("model.k"));
+  bad.mutable_spec()->mutable_model()->set_k(8);
+  bad.mutable_spec()->set_max_restarts(1000);
+  status = cluster.jobs().SubmitJob(cluster.Context().get(), bad, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("max_restarts"));
+  bad.set_request_id("");
+  status = cluster.jobs().SubmitJob(cluster.Context().get(), bad, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("request_id"));
+
+  // Oversized: a 5 MiB label value is refused by the transport's limit.
+  v1::SubmitJobRequest huge = bad;
+  huge.set_request_id("huge");
+  (*huge.mutable_spec()->mutable_labels())["x"] = std::string(5 << 20, 'a');
+  status = cluster.jobs().SubmitJob(cluster.Context().get(), huge, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+
+  v1::GetJobRequest get;
+  get.set_job_id("job-999999");
+  v1::Job job;
+  status = cluster.jobs().GetJob(cluster.Context().get(), get, &job);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(status.error_message(), HasSubstr("job-999999"));
+  v1::ListJobsRequest list;
+  list.set_page_size(100000);
+  v1::ListJobsResponse jobs;
+  EXPECT_EQ(cluster.jobs().ListJobs(cluster.Context().get(), list, &jobs).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  // Tokens: none, wrong, and the other role's.
+  status = cluster.jobs().GetJob(cluster.Context("").get(), get, &job);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  status = cluster.jobs().GetJob(cluster.Context("wrong").get(), get, &job);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  status = cluster.jobs().GetJob(cluster.Context(cluster.worker_token()).get(), get, &job);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_THAT(status.error_message(), HasSubstr("worker token"));
+  auto workers = cluster.WorkerStub();
+  v1::RegisterWorkerRequest reg;
+  reg.set_worker_id("intruder");
+  v1::RegisterWorkerResponse reg_response;
+  status = workers->RegisterWorker(cluster.Context().get(), reg, &reg_response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_THAT(status.error_message(), HasSubstr("client token"));
+  // A worker with bad capabilities is told which field.
+  status = workers->RegisterWorker(cluster.Context(cluster.worker_token()).get(), reg, &reg_response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("capabilities.device_kind"));
+
+  // A pending job has no evaluation or checkpoint; a cancelled one cannot be cancelled again.
+  bad.set_request_id("good");
+  bad.mutable_spec()->set_max_restarts(1);
+  ASSERT_TRUE(cluster.jobs().SubmitJob(cluster.Context().get(), bad, &response).ok());
+  v1::GetEvaluationRequest er;
+  er.set_job_id(response.job().job_id());
+  v1::Evaluation evaluation;
+  EXPECT_EQ(cluster.jobs().GetEvaluation(cluster.Context().get(), er, &evaluation).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  v1::DownloadCheckpointRequest dr;
+  dr.set_job_id(response.job().job_id());
+  auto dctx = cluster.Context();
+  auto reader = cluster.jobs().DownloadCheckpoint(dctx.get(), dr);
+  v1::CheckpointChunk chunk;
+  while (reader->Read(&chunk)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::NOT_FOUND);
+  v1::CancelJobRequest cancel;
+  cancel.set_job_id(response.job().job_id());
+  ASSERT_TRUE(cluster.jobs().CancelJob(cluster.Context().get(), cancel, &job).ok());
+  EXPECT_EQ(cluster.jobs().CancelJob(cluster.Context().get(), cancel, &job).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+
+  // Health: liveness and readiness are SERVING; an unknown name is NOT_FOUND.
+  auto health = grpc::CreateChannel(cluster.address(), grpc::InsecureChannelCredentials());
+  for (const std::string name : {"liveness", "readiness", "unknown"}) {
+    grpc::ClientContext hctx;
+    grpc::ByteBuffer request_buffer, response_buffer;
+    // grpc.health.v1.HealthCheckRequest{service = name}: field 1, length-delimited.
+    std::string bytes = std::string(1, '\x0a') + static_cast<char>(name.size()) + name;
+    grpc::Slice slice(bytes);
+    request_buffer = grpc::ByteBuffer(&slice, 1);
+    grpc::GenericStub generic(health);
+    grpc::CompletionQueue cq;
+    auto call = generic.PrepareUnaryCall(&hctx, "/grpc.health.v1.Health/Check", request_buffer, &cq);
+    call->StartCall();
+    grpc::Status hs;
+    call->Finish(&response_buffer, &hs, reinterpret_cast<void*>(1));
+    void* tag;
+    bool ok;
+    ASSERT_TRUE(cq.Next(&tag, &ok));
+    if (name == "unknown") {
+      EXPECT_EQ(hs.error_code(), grpc::StatusCode::NOT_FOUND);
+    } else {
+      ASSERT_TRUE(hs.ok()) << name << ": " << hs.error_message();
+      std::vector<grpc::Slice> slices;
+      ASSERT_TRUE(response_buffer.Dump(&slices).ok());
+      // HealthCheckResponse{status = SERVING (1)}: 08 01.
+      ASSERT_EQ(slices.size(), 1u);
+      EXPECT_EQ(std::string(reinterpret_cast<const char*>(slices[0].begin()), slices[0].size()), std::string("\x08\x01", 2));
+    }
+  }
+}
+
+TEST(Service, CancelMidRunEndsCancelledWithAFinalCheckpoint) {
+  ServiceCluster cluster;
+  const std::string job_id = SubmitWithCli(cluster, testing::SmallJobSpec(2, 4000, 0, 128, 2048), "long");
+  const v1::Job running = cluster.WaitFor(job_id, [](const v1::Job& j) { return j.progress().step() >= 10 || Terminal(j); }, 120);
+  ASSERT_EQ(running.state(), v1::JOB_STATE_RUNNING) << running.message() << cluster.Logs();
+  v1::CancelJobRequest cancel;
+  cancel.set_job_id(job_id);
+  cancel.set_grace_seconds(60);
+  v1::Job cancelling;
+  ASSERT_TRUE(cluster.jobs().CancelJob(cluster.Context().get(), cancel, &cancelling).ok());
+  EXPECT_EQ(cancelling.state(), v1::JOB_STATE_CANCELLING);
+  const v1::Job done = cluster.WaitFor(job_id, Terminal, 120);
+  ASSERT_EQ(done.state(), v1::JOB_STATE_CANCELLED) << done.message() << cluster.Logs();
+  EXPECT_THAT(done.message(), HasSubstr("final checkpoint at step"));
+  v1::ListCheckpointsRequest lr;
+  lr.set_job_id(job_id);
+  v1::ListCheckpointsResponse list;
+  ASSERT_TRUE(cluster.jobs().ListCheckpoints(cluster.Context().get(), lr, &list).ok());
+  ASSERT_EQ(list.checkpoints_size(), 1);  // every_steps 0: only the final one
+  EXPECT_TRUE(list.checkpoints(0).final());
+  EXPECT_GE(list.checkpoints(0).step(), 10);
+  EXPECT_LT(list.checkpoints(0).step(), 4000);
+  // Both workers are free again: a new job runs.
+  const std::string next = SubmitWithCli(cluster, testing::SmallJobSpec(2, 10, 0), "next");
+  EXPECT_EQ(cluster.WaitFor(next, Terminal, 120).state(), v1::JOB_STATE_SUCCEEDED) << cluster.Logs();
+}
+
+TEST(Service, KilledWorkerRestartsTheJobFromItsLastCheckpoint) {
+  testing::ClusterOptions options;
+  options.workers = 3;
+  ServiceCluster cluster(options);
+  const int steps = 600;
+  const std::string job_id = SubmitWithCli(cluster, testing::SmallJobSpec(2, steps, 50, 128, 2048), "restart");
+  const v1::Job before = cluster.WaitFor(
+      job_id, [](const v1::Job& j) { return (j.latest_checkpoint_step() >= 50 && j.progress().step() >= 70) || Terminal(j); },
+      180);
+  ASSERT_EQ(before.state(), v1::JOB_STATE_RUNNING) << before.message() << cluster.Logs();
+  const int victim = cluster.WorkerOfRank(before, 1);
+  ASSERT_GT(victim, 0);
+  cluster.KillWorker(victim, SIGKILL);
+  const v1::Job done = cluster.WaitFor(job_id, Terminal, 300);
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.message() << cluster.Logs();
+  ASSERT_GE(done.attempts_size(), 2);
+  EXPECT_GE(done.restarts(), 1);
+  const auto& first = done.attempts(0);
+  const auto& second = done.attempts(1);
+  EXPECT_FALSE(first.end_reason().empty());
+  EXPECT_GE(second.resumed_from_step(), 50);
+  EXPECT_EQ(second.start_tokens(), second.resumed_from_step() * 256);
+  for (const auto& id : second.worker_ids()) EXPECT_NE(id, absl::StrCat("worker-", victim));
+  // History accounts for every token trained: per attempt (last - start), and the part of the
+  // first attempt after its last checkpoint counted as lost.
+  int64_t consumed = 0;
+  for (const auto& a : done.attempts()) consumed += a.last_tokens() - a.start_tokens();
+  EXPECT_EQ(done.tokens_consumed(), consumed);
+  EXPECT_EQ(done.attempts(done.attempts_size() - 1).last_tokens(), int64_t{steps} * 256);
+  EXPECT_GT(done.tokens_consumed(), int64_t{steps} * 256);
+  EXPECT_EQ(first.lost_tokens(), first.last_tokens() - second.start_tokens());
+  bool restart_event = false;
+  for (const auto& e : Events(cluster, job_id)) {
+    if (e.to_state() == v1::JOB_STATE_RESTARTING) {
+      restart_event = true;
+      EXPECT_THAT(e.message(), HasSubstr("from the checkpoint at step"));
+    }
+  }
+  EXPECT_TRUE(restart_event);
+}
+
+TEST(Service, CoordinatorKilledMidRunLosesNothing) {
+  ServiceCluster cluster;
+  const int steps = 500;
+  const std::string job_id = SubmitWithCli(cluster, testing::SmallJobSpec(2, steps, 50, 128, 2048), "survive");
+  const v1::Job before = cluster.WaitFor(
+      job_id, [](const v1::Job& j) { return j.latest_checkpoint_step() >= 50 || Terminal(j); }, 180);
+  ASSERT_EQ(before.state(), v1::JOB_STATE_RUNNING) << before.message() << cluster.Logs();
+  const auto events_before = Events(cluster, job_id);
+  cluster.KillCoordinator(SIGKILL);
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  cluster.StartCoordinator();
+  const v1::Job done = cluster.WaitFor(job_id, Terminal, 300);
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.message() << cluster.Logs();
+  std::string history;
+  for (const auto& e : Events(cluster, job_id)) history += e.message() + "\n";
+  EXPECT_EQ(done.attempts_size(), 1) << "the gang should keep running across the restart:\n" << history << cluster.Logs();
+  EXPECT_EQ(done.progress().step(), steps);
+  const auto events_after = Events(cluster, job_id);
+  ASSERT_GE(events_after.size(), events_before.size());
+  for (size_t i = 0; i < events_before.size(); ++i) {
+    EXPECT_EQ(events_after[i].sequence(), events_before[i].sequence());
+    EXPECT_EQ(events_after[i].message(), events_before[i].message());
+  }
+  v1::ListCheckpointsRequest lr;
+  lr.set_job_id(job_id);
+  v1::ListCheckpointsResponse list;
+  ASSERT_TRUE(cluster.jobs().ListCheckpoints(cluster.Context().get(), lr, &list).ok());
+  EXPECT_EQ(list.checkpoints(list.checkpoints_size() - 1).step(), steps);
+  EXPECT_GE(list.checkpoints_size(), steps / 50);
+}
+
+// A client generated from the .proto files alone (Python, protoc + grpc_python_plugin).
+TEST(Service, PythonClientFromProtoFilesAlone) {
+  testing::ClusterOptions options;
+  options.workers = 0;
+  ServiceCluster cluster(options);
+  const std::string out = cluster.dir() / "python.log";
+  const int code = testing::RunProcess(
+      {"/usr/bin/python3", std::string(SAEGRID_SOURCE_DIR) + "/tests/python_client_check.py", SAEGRID_SOURCE_DIR,
+       cluster.address(), cluster.client_token(), cluster.dir() / "pyout"},
+      out, 120);
+  EXPECT_EQ(code, 0) << testing::ReadFile(out);
+  EXPECT_THAT(testing::ReadFile(out), HasSubstr("python client: ok"));
+}
+
+}  // namespace
+}  // namespace saegrid

@@ -1,0 +1,66 @@
+// One assignment on this worker: fetches the checkpoint to resume from, runs `saegrid train` for
+// the rank as a child process, and (rank 0) reports progress, uploads every checkpoint and the
+// final evaluation. The result is reported (with retries across coordinator restarts) before the
+// run counts as finished.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "saegrid/v1/worker_service.grpc.pb.h"
+
+namespace saegrid::worker {
+
+struct WorkerSettings {
+  std::string worker_id;
+  std::string data_dir;      // per-attempt working directories
+  std::string trainer;       // the saegrid binary
+  std::string host;          // address peers reach this worker's ranks at
+  std::string token;
+  int threads = 0;           // per rank; 0: all cores
+};
+
+class RankRun {
+ public:
+  RankRun(const WorkerSettings& settings, std::shared_ptr<v1::WorkerService::Stub> stub, v1::Assignment assignment);
+  ~RankRun();
+
+  void Start();
+  // Cancel: let the rank checkpoint and stop within `grace`. Teardown: kill it now.
+  void RequestStop(bool final_checkpoint, absl::Duration grace);
+  // True once the result has been reported (or could not be, for good).
+  bool finished() const { return finished_.load(); }
+  const v1::Assignment& assignment() const { return assignment_; }
+
+ private:
+  void Run();
+  absl::Status FetchResumeCheckpoint(const std::string& checkpoints_dir);
+  absl::Status UploadCheckpoint(const std::string& step_dir, int64_t step, bool final);
+  void ReadMetrics(const std::string& path, int64_t* offset);
+  void Report(v1::RankOutcome outcome, int exit_code, const std::string& message);
+  // Retries UNAVAILABLE (the coordinator restarting) for up to `patience`.
+  template <typename Call>
+  grpc::Status Retry(Call call, absl::Duration patience);
+
+  WorkerSettings settings_;
+  std::shared_ptr<v1::WorkerService::Stub> stub_;
+  v1::Assignment assignment_;
+  std::string dir_;
+  std::thread thread_;
+  std::atomic<bool> finished_{false};
+  absl::Mutex mu_;
+  bool stop_requested_ ABSL_GUARDED_BY(mu_) = false;
+  bool final_checkpoint_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time kill_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  // Rank 0's view of the training, from the --metrics-jsonl file.
+  v1::TrainingProgress progress_;
+  std::string evaluation_json_;
+  std::vector<std::pair<std::string, int64_t>> new_checkpoints_;
+};
+
+}  // namespace saegrid::worker
