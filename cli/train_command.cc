@@ -246,7 +246,9 @@ int RunTrainCommand(int argc, char** argv) {
   }
   if (leader) absl::FPrintF(stdout, "evaluation:\n%s", FormatEvalTable(*result));
   std::fflush(stdout);
-  const int code = g_interrupted ? 130 : 0;
+  // A stop that another rank asked for (the gang agrees on stops) ends this rank early too.
+  const bool stopped_early = (*trainer)->step() < (*trainer)->total_steps();
+  const int code = g_interrupted || stopped_early ? 130 : 0;
   metrics.reset();
   if (one_rank) ExitNow(code);
   return code;

@@ -133,7 +133,8 @@ absl::Status Coordinator::Transition(v1::Job& job, v1::JobState to, v1::FailureR
   events->push_back(Event(job, to, reason, message));
   job.set_state(to);
   job.set_message(message);
-  if (reason != v1::FAILURE_REASON_UNSPECIFIED) job.set_failure_reason(reason);
+  // The reason describes the current state; the events keep the history of earlier ones.
+  job.set_failure_reason(reason);
   if (to != v1::JOB_STATE_PENDING) job.clear_pending_reason();
   if (IsTerminal(to)) *job.mutable_end_time() = ToProto(absl::Now());
   return absl::OkStatus();
@@ -564,7 +565,11 @@ absl::Status Coordinator::ReportResult(const v1::ReportResultRequest& r) {
   switch (OutcomeOf(r)) {
     case v1::RANK_OUTCOME_SUCCEEDED:
     case v1::RANK_OUTCOME_STOPPED: {
-      if (r.rank() != 0) return absl::OkStatus();
+      if (r.rank() != 0) {
+        if (OutcomeOf(r) == v1::RANK_OUTCOME_STOPPED && !rt.graceful_stop) rt.stop_note = where + ": " + r.message();
+        return absl::OkStatus();
+      }
+      const std::string stop_note = rt.stop_note;
       v1::Job updated = job;
       auto* attempt = updated.mutable_attempts(updated.attempts_size() - 1);
       attempt->set_last_step(std::max(attempt->last_step(), r.final_step()));
@@ -601,7 +606,10 @@ absl::Status Coordinator::ReportResult(const v1::ReportResultRequest& r) {
         Finish(job.job_id(), v1::JOB_STATE_SUCCEEDED, v1::FAILURE_REASON_UNSPECIFIED,
                absl::StrFormat("trained %d tokens in %d steps", r.final_tokens(), r.final_step()));
       } else {
-        TearDown(job.job_id(), v1::FAILURE_REASON_TRAINING_ERROR, where + " stopped without being asked to");
+        // A worker shutting down stops its rank after a final checkpoint: resume elsewhere.
+        TearDown(job.job_id(), v1::FAILURE_REASON_WORKER_LOST,
+                 absl::StrCat("the gang stopped at step ", r.final_step(), " (",
+                              stop_note.empty() ? where + ": " + r.message() : stop_note, ")"));
       }
       return absl::OkStatus();
     }

@@ -92,6 +92,7 @@ class Coordinator {
     std::vector<bool> rank_running;
     std::vector<bool> rank_done;
     bool graceful_stop = false;
+    std::string stop_note;  // why a rank stopped on its own (e.g. its worker shuts down)
     absl::Time stop_deadline = absl::InfiniteFuture();
     absl::Time reconnect_deadline = absl::InfiniteFuture();
   };

@@ -14,6 +14,13 @@ namespace saegrid::testing {
 ServiceCluster::ServiceCluster(const ClusterOptions& options) : options_(options) {
   WriteFile(dir_ / "client.token", client_token_ + "\n");
   WriteFile(dir_ / "worker.token", worker_token_ + "\n");
+  if (options_.tls) {
+    const int rc = RunProcess({"/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                               dir_ / "tls.key", "-out", dir_ / "tls.crt", "-days", "2", "-subj", "/CN=localhost",
+                               "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"},
+                              dir_ / "openssl.log", 60);
+    EXPECT_EQ(rc, 0) << ReadFile(dir_ / "openssl.log");
+  }
   StartCoordinator();
   for (int i = 1; i <= options_.workers; ++i) StartWorker(i);
 }
@@ -34,13 +41,15 @@ ServiceCluster::~ServiceCluster() {
 void ServiceCluster::StartCoordinator() {
   const std::string port_file = dir_ / "port";
   std::filesystem::remove(port_file);
-  coordinator_ = StartProcess(
-      {SAEGRID_COORDINATOR_BINARY, "--listen", absl::StrCat("127.0.0.1:", port_), "--port-file", port_file,
+  std::vector<std::string> tls;
+  if (options_.tls) tls = {"--tls-cert", dir_ / "tls.crt", "--tls-key", dir_ / "tls.key"};
+  std::vector<std::string> argv = {SAEGRID_COORDINATOR_BINARY, "--listen", absl::StrCat("127.0.0.1:", port_), "--port-file", port_file,
        "--data-dir", dir_ / "coordinator", "--client-token-file", dir_ / "client.token", "--worker-token-file",
        dir_ / "worker.token", "--heartbeat-interval", absl::StrCat(options_.heartbeat_interval),
        "--heartbeat-timeout", absl::StrCat(options_.heartbeat_timeout), "--restart-backoff",
-       absl::StrCat(options_.restart_backoff), "--reconnect-grace", absl::StrCat(options_.reconnect_grace)},
-      dir_ / "coordinator.log");
+       absl::StrCat(options_.restart_backoff), "--reconnect-grace", absl::StrCat(options_.reconnect_grace)};
+  argv.insert(argv.end(), tls.begin(), tls.end());
+  coordinator_ = StartProcess(argv, dir_ / "coordinator.log");
   for (int i = 0; i < 200 && !std::filesystem::exists(port_file); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
@@ -49,7 +58,13 @@ void ServiceCluster::StartCoordinator() {
   if (!channel_) {
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
-    channel_ = grpc::CreateCustomChannel(address(), grpc::InsecureChannelCredentials(), args);
+    std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+    if (options_.tls) {
+      grpc::SslCredentialsOptions ssl;
+      ssl.pem_root_certs = ReadFile(dir_ / "tls.crt");
+      credentials = grpc::SslCredentials(ssl);
+    }
+    channel_ = grpc::CreateCustomChannel(address(), credentials, args);
     jobs_ = v1::JobService::NewStub(channel_);
   }
 }
@@ -62,17 +77,24 @@ void ServiceCluster::KillCoordinator(int signal) {
 
 void ServiceCluster::StartWorker(int index) {
   const std::string id = absl::StrCat("worker-", index);
-  workers_[index] = StartProcess(
-      {SAEGRID_WORKER_BINARY, "--coordinator", address(), "--worker-id", id, "--data-dir", dir_ / id,
-       "--worker-token-file", dir_ / "worker.token", "--threads", absl::StrCat(options_.threads_per_rank),
-       "--trainer", SAEGRID_BINARY, "--shutdown-grace", "10"},
-      dir_ / (id + ".log"));
+  std::vector<std::string> argv = {SAEGRID_WORKER_BINARY, "--coordinator", address(), "--worker-id", id,
+                                   "--data-dir", dir_ / id, "--worker-token-file", dir_ / "worker.token",
+                                   "--threads", absl::StrCat(options_.threads_per_rank), "--trainer",
+                                   SAEGRID_BINARY, "--shutdown-grace", "20"};
+  if (options_.tls) argv.insert(argv.end(), {"--tls-ca", dir_ / "tls.crt"});
+  workers_[index] = StartProcess(argv, dir_ / (id + ".log"));
 }
 
 void ServiceCluster::KillWorker(int index, int signal) {
   ::kill(workers_[index], signal);
   WaitProcess(workers_[index], 30);
   workers_[index] = -1;
+}
+
+std::vector<std::string> ServiceCluster::CliFlags() const {
+  std::vector<std::string> flags = {"--coordinator", address(), "--token-file", dir_ / "client.token"};
+  if (options_.tls) flags.insert(flags.end(), {"--tls-ca", dir_ / "tls.crt"});
+  return flags;
 }
 
 std::unique_ptr<v1::WorkerService::Stub> ServiceCluster::WorkerStub() { return v1::WorkerService::NewStub(channel_); }

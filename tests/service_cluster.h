@@ -25,6 +25,7 @@ struct ClusterOptions {
   double restart_backoff = 0.5;
   double reconnect_grace = 15;
   int threads_per_rank = 1;
+  bool tls = false;  // a self-signed certificate for 127.0.0.1; workers and stubs trust it
 };
 
 class ServiceCluster {
@@ -45,6 +46,8 @@ class ServiceCluster {
   v1::JobService::Stub& jobs() { return *jobs_; }
   std::unique_ptr<v1::WorkerService::Stub> WorkerStub();
   std::shared_ptr<grpc::Channel> channel() { return channel_; }
+  // The flags that make the saegrid CLI talk to this cluster.
+  std::vector<std::string> CliFlags() const;
   // A context carrying `token` (the client token unless given) with a 30 s deadline.
   std::unique_ptr<grpc::ClientContext> Context(const std::string& token = "\x01") const;
 

@@ -8,6 +8,7 @@
 #include <signal.h>
 
 #include <filesystem>
+#include <fstream>
 #include <set>
 #include <thread>
 
@@ -35,8 +36,8 @@ std::string SubmitWithCli(ServiceCluster& cluster, const std::string& spec_yaml,
                           const std::vector<std::string>& extra = {}) {
   const std::string spec = cluster.dir() / (name + ".yaml");
   testing::WriteFile(spec, spec_yaml);
-  std::vector<std::string> argv = {SAEGRID_BINARY, "submit", spec, "--json", "--coordinator", cluster.address(),
-                                   "--token-file", cluster.dir() / "client.token"};
+  std::vector<std::string> argv = {SAEGRID_BINARY, "submit", spec, "--json"};
+  for (const auto& f : cluster.CliFlags()) argv.push_back(f);
   argv.insert(argv.end(), extra.begin(), extra.end());
   const std::string out = cluster.dir() / (name + ".submit.out");
   const int code = testing::RunProcess(argv, out, 60);
@@ -47,7 +48,7 @@ std::string SubmitWithCli(ServiceCluster& cluster, const std::string& spec_yaml,
 
 int RunCli(ServiceCluster& cluster, std::vector<std::string> args, const std::string& log) {
   args.insert(args.begin(), SAEGRID_BINARY);
-  args.insert(args.end(), {"--coordinator", cluster.address(), "--token-file", cluster.dir() / "client.token"});
+  for (const auto& f : cluster.CliFlags()) args.push_back(f);
   return testing::RunProcess(args, log, 120);
 }
 
@@ -437,6 +438,268 @@ TEST(Service, CoordinatorKilledMidRunLosesNothing) {
   ASSERT_TRUE(cluster.jobs().ListCheckpoints(cluster.Context().get(), lr, &list).ok());
   EXPECT_EQ(list.checkpoints(list.checkpoints_size() - 1).step(), steps);
   EXPECT_GE(list.checkpoints_size(), steps / 50);
+}
+
+// The newest checkpoint is corrupted while the job waits to restart: the new gang cannot restore
+// it, the coordinator marks it bad, and the next gang resumes from the one before.
+TEST(Service, CheckpointThatFailsToRestoreIsMarkedBadAndThePreviousOneUsed) {
+  testing::ClusterOptions options;
+  options.restart_backoff = 3;  // time to corrupt the file while the job is RESTARTING
+  ServiceCluster cluster(options);
+  const std::string job_id = SubmitWithCli(cluster, testing::SmallJobSpec(2, 600, 50, 128, 2048), "corrupt");
+  const v1::Job before = cluster.WaitFor(
+      job_id, [](const v1::Job& j) { return j.latest_checkpoint_step() >= 100 || Terminal(j); }, 180);
+  ASSERT_EQ(before.state(), v1::JOB_STATE_RUNNING) << before.message() << cluster.Logs();
+  cluster.KillWorker(cluster.WorkerOfRank(before, 0), SIGKILL);
+  cluster.StartWorker(cluster.WorkerOfRank(before, 0));  // the same name comes back
+  const v1::Job restarting =
+      cluster.WaitFor(job_id, [](const v1::Job& j) { return j.state() != v1::JOB_STATE_RUNNING; }, 60);
+  ASSERT_EQ(restarting.state(), v1::JOB_STATE_RESTARTING) << restarting.message() << cluster.Logs();
+  v1::ListCheckpointsRequest lr;
+  lr.set_job_id(job_id);
+  v1::ListCheckpointsResponse list;
+  ASSERT_TRUE(cluster.jobs().ListCheckpoints(cluster.Context().get(), lr, &list).ok());
+  ASSERT_GE(list.checkpoints_size(), 2);
+  const int64_t corrupted = list.checkpoints(list.checkpoints_size() - 1).step();
+  const int64_t previous = list.checkpoints(list.checkpoints_size() - 2).step();
+  const std::string file =
+      absl::StrFormat("%s/checkpoints/%s/step_%09d.tar", cluster.dir() / "coordinator", job_id, corrupted);
+  {
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    ASSERT_TRUE(f.good()) << file;
+    f.seekp(4096);
+    f.write("corrupted!", 10);
+  }
+  const v1::Job done = cluster.WaitFor(job_id, Terminal, 300);
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.message() << cluster.Logs();
+  ASSERT_GE(done.attempts_size(), 3);
+  EXPECT_EQ(done.attempts(1).resumed_from_step(), corrupted);
+  EXPECT_EQ(done.attempts(2).resumed_from_step(), previous);
+  // (Attempt 3 trains past the corrupted step again and stores a good checkpoint there, so the
+  // bad mark shows in the history rather than in the final list.)
+  bool reason = false;
+  for (const auto& e : Events(cluster, job_id)) {
+    if (e.reason() == v1::FAILURE_REASON_CHECKPOINT_RESTORE) {
+      reason = true;
+      EXPECT_THAT(e.message(), HasSubstr(absl::StrCat("checkpoint at step ", corrupted, " (marked bad)")));
+    }
+  }
+  EXPECT_TRUE(reason);
+}
+
+// SIGTERM to a worker: its rank writes a final checkpoint, and the job resumes from exactly there
+// on another gang without losing a token.
+TEST(Service, WorkerShutdownCheckpointsAndTheJobResumesFromThere) {
+  testing::ClusterOptions options;
+  options.workers = 3;
+  ServiceCluster cluster(options);
+  const std::string job_id = SubmitWithCli(cluster, testing::SmallJobSpec(2, 600, 250, 128, 2048), "drain");
+  const v1::Job before =
+      cluster.WaitFor(job_id, [](const v1::Job& j) { return j.progress().step() >= 30 || Terminal(j); }, 180);
+  ASSERT_EQ(before.state(), v1::JOB_STATE_RUNNING) << before.message() << cluster.Logs();
+  cluster.KillWorker(cluster.WorkerOfRank(before, 1), SIGTERM);
+  const v1::Job done = cluster.WaitFor(job_id, Terminal, 300);
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.message() << cluster.Logs();
+  ASSERT_EQ(done.attempts_size(), 2);
+  const int64_t resumed = done.attempts(1).resumed_from_step();
+  EXPECT_GE(resumed, 30) << cluster.Logs();
+  EXPECT_NE(resumed % 250, 0) << "resumed from the shutdown checkpoint, not a periodic one";
+  EXPECT_EQ(done.attempts(0).lost_tokens(), 0);
+  EXPECT_EQ(done.tokens_consumed(), 600 * 256);
+  EXPECT_EQ(done.failure_reason(), v1::FAILURE_REASON_UNSPECIFIED);
+  bool restart_reason = false;
+  for (const auto& e : Events(cluster, job_id)) {
+    if (e.to_state() == v1::JOB_STATE_RESTARTING) {
+      restart_reason = e.reason() == v1::FAILURE_REASON_WORKER_LOST;
+      EXPECT_THAT(e.message(), HasSubstr("the gang stopped at step"));
+    }
+  }
+  EXPECT_TRUE(restart_reason);
+}
+
+// The worker API driven by hand, as a misbehaving worker would: uploads with a wrong checksum,
+// wrong size or no header are refused with the right codes; a good upload and result finish the job.
+TEST(Service, WorkerProtocolRejectsBadUploadsAndFinishesOnResult) {
+  testing::ClusterOptions options;
+  options.workers = 0;
+  ServiceCluster cluster(options);
+  auto workers = cluster.WorkerStub();
+  const std::string token = cluster.worker_token();
+  v1::RegisterWorkerRequest reg;
+  reg.set_worker_id("hand");
+  reg.mutable_capabilities()->set_device_kind("cpu");
+  reg.mutable_capabilities()->set_host("127.0.0.1");
+  reg.mutable_capabilities()->set_rendezvous_port_min(40000);
+  reg.mutable_capabilities()->set_rendezvous_port_max(40000);
+  v1::RegisterWorkerResponse registered;
+  ASSERT_TRUE(workers->RegisterWorker(cluster.Context(token).get(), reg, &registered).ok());
+  EXPECT_GT(registered.heartbeat_interval_seconds(), 0);
+
+  v1::SubmitJobRequest submit;
+  submit.set_request_id("by-hand");
+  submit.mutable_spec()->mutable_data()->mutable_synthetic()->set_d(32);
+  submit.mutable_spec()->mutable_training()->set_total_tokens(8192);
+  v1::SubmitJobResponse submitted;
+  ASSERT_TRUE(cluster.jobs().SubmitJob(cluster.Context().get(), submit, &submitted).ok());
+  const std::string job_id = submitted.job().job_id();
+
+  auto hctx = cluster.Context(token);
+  auto stream = workers->Heartbeat(hctx.get());
+  v1::WorkerHeartbeat beat;
+  beat.set_worker_id("hand");
+  v1::WorkerCommands commands;
+  v1::Assignment assignment;
+  for (int i = 0; i < 50 && assignment.attempt_id().empty(); ++i) {
+    ASSERT_TRUE(stream->Write(beat));
+    ASSERT_TRUE(stream->Read(&commands));
+    if (commands.start_size() > 0) assignment = commands.start(0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_FALSE(assignment.attempt_id().empty());
+  EXPECT_EQ(assignment.job_id(), job_id);
+  EXPECT_EQ(assignment.world_size(), 1);
+  EXPECT_EQ(assignment.rendezvous(), "127.0.0.1:40000");
+  auto* running = beat.add_running();
+  running->set_job_id(job_id);
+  running->set_attempt_id(assignment.attempt_id());
+  ASSERT_TRUE(stream->Write(beat));
+  ASSERT_TRUE(stream->Read(&commands));
+  EXPECT_EQ(commands.start_size(), 0) << "an assignment the worker runs is not sent again";
+  EXPECT_EQ(cluster.GetJob(job_id).state(), v1::JOB_STATE_RUNNING);
+
+  const std::string payload = "not really a tar archive, but bytes with a checksum";
+  rpc::Sha256 hash;
+  hash.Update(payload);
+  const std::string sha = hash.HexDigest();
+  auto upload = [&](bool header, int64_t size, const std::string& digest, const std::string& data,
+                    v1::UploadCheckpointResponse* response) {
+    auto ctx = cluster.Context(token);
+    auto writer = workers->UploadCheckpoint(ctx.get(), response);
+    v1::UploadCheckpointChunk chunk;
+    if (header) {
+      auto* h = chunk.mutable_header();
+      h->set_worker_id("hand");
+      h->set_job_id(job_id);
+      h->set_attempt_id(assignment.attempt_id());
+      h->set_step(1);
+      h->set_tokens(4096);
+      h->set_size_bytes(size);
+      h->set_sha256(digest);
+      writer->Write(chunk);
+    }
+    chunk.set_data(data);
+    writer->Write(chunk);
+    writer->WritesDone();
+    return writer->Finish();
+  };
+  v1::UploadCheckpointResponse uploaded;
+  EXPECT_EQ(upload(true, payload.size(), std::string(64, '0'), payload, &uploaded).error_code(),
+            grpc::StatusCode::DATA_LOSS);
+  EXPECT_EQ(upload(true, payload.size() - 1, sha, payload, &uploaded).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(upload(true, payload.size() + 5, sha, payload, &uploaded).error_code(), grpc::StatusCode::DATA_LOSS);
+  EXPECT_EQ(upload(false, 0, "", payload, &uploaded).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(upload(true, payload.size(), "short", payload, &uploaded).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::ListCheckpointsRequest lr;
+  lr.set_job_id(job_id);
+  v1::ListCheckpointsResponse list;
+  ASSERT_TRUE(cluster.jobs().ListCheckpoints(cluster.Context().get(), lr, &list).ok());
+  EXPECT_EQ(list.checkpoints_size(), 0) << "no refused upload is stored";
+  ASSERT_TRUE(upload(true, payload.size(), sha, payload, &uploaded).ok());
+  EXPECT_EQ(uploaded.checkpoint().sha256(), sha);
+
+  // Downloads resume at an offset; an offset past the end is OUT_OF_RANGE.
+  v1::DownloadCheckpointRequest dr;
+  dr.set_job_id(job_id);
+  dr.set_offset(10);
+  auto dctx = cluster.Context();
+  auto reader = cluster.jobs().DownloadCheckpoint(dctx.get(), dr);
+  v1::CheckpointChunk chunk;
+  std::string tail;
+  bool first = true;
+  while (reader->Read(&chunk)) {
+    if (first) {
+      EXPECT_EQ(chunk.info().size_bytes(), static_cast<int64_t>(payload.size()));
+      EXPECT_EQ(chunk.info().sha256(), sha);
+      first = false;
+    }
+    tail += chunk.data();
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(tail, payload.substr(10));
+  dr.set_offset(payload.size() + 1);
+  auto octx = cluster.Context();
+  auto past = cluster.jobs().DownloadCheckpoint(octx.get(), dr);
+  while (past->Read(&chunk)) {
+  }
+  EXPECT_EQ(past->Finish().error_code(), grpc::StatusCode::OUT_OF_RANGE);
+
+  v1::ReportProgressRequest stale;
+  stale.set_worker_id("hand");
+  stale.set_job_id(job_id);
+  stale.set_attempt_id("job-000001-99");
+  v1::ReportProgressResponse progressed;
+  EXPECT_EQ(workers->ReportProgress(cluster.Context(token).get(), stale, &progressed).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+
+  v1::ReportResultRequest result;
+  result.set_worker_id("hand");
+  result.set_job_id(job_id);
+  result.set_attempt_id(assignment.attempt_id());
+  result.set_rank(0);
+  result.set_outcome(v1::RANK_OUTCOME_SUCCEEDED);
+  result.set_final_step(2);
+  result.set_final_tokens(8192);
+  result.set_evaluation_json(R"({"fvu": 0.25, "mse": 0.01, "l0": 32, "dead_fraction": 0.125})");
+  v1::ReportResultResponse reported;
+  ASSERT_TRUE(workers->ReportResult(cluster.Context(token).get(), result, &reported).ok());
+  const v1::Job done = cluster.GetJob(job_id);
+  EXPECT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(done.tokens_consumed(), 8192);
+  v1::GetEvaluationRequest er;
+  er.set_job_id(job_id);
+  v1::Evaluation evaluation;
+  ASSERT_TRUE(cluster.jobs().GetEvaluation(cluster.Context().get(), er, &evaluation).ok());
+  EXPECT_DOUBLE_EQ(evaluation.fvu(), 0.25);
+  EXPECT_DOUBLE_EQ(evaluation.dead_fraction(), 0.125);
+  stream->WritesDone();
+  hctx->TryCancel();
+}
+
+// TLS end to end: coordinator with a certificate, workers and client trusting it; a plaintext
+// client cannot talk to it.
+TEST(Service, TlsJobRunsAndPlaintextIsRefused) {
+  testing::ClusterOptions options;
+  options.tls = true;
+  ServiceCluster cluster(options);
+  const std::string job_id = SubmitWithCli(cluster, testing::SmallJobSpec(2, 20, 0), "tls");
+  ASSERT_FALSE(job_id.empty());
+  EXPECT_EQ(cluster.WaitFor(job_id, Terminal, 120).state(), v1::JOB_STATE_SUCCEEDED) << cluster.Logs();
+  auto plain = v1::JobService::NewStub(grpc::CreateChannel(cluster.address(), grpc::InsecureChannelCredentials()));
+  v1::GetJobRequest get;
+  get.set_job_id(job_id);
+  v1::Job job;
+  EXPECT_EQ(plain->GetJob(cluster.Context().get(), get, &job).error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+// The client's exit codes are stable for scripts.
+TEST(Service, CliExitCodes) {
+  testing::ClusterOptions options;
+  options.workers = 0;
+  ServiceCluster cluster(options);
+  const std::string log = cluster.dir() / "cli.log";
+  EXPECT_EQ(RunCli(cluster, {"get", "job-000777"}, log), 4) << testing::ReadFile(log);
+  EXPECT_THAT(testing::ReadFile(log), HasSubstr("job-000777"));
+  testing::WriteFile(cluster.dir() / "wrong.token", "nope\n");
+  EXPECT_EQ(testing::RunProcess({SAEGRID_BINARY, "list", "--coordinator", cluster.address(), "--token-file",
+                                 cluster.dir() / "wrong.token"},
+                                log, 60),
+            5);
+  EXPECT_EQ(testing::RunProcess({SAEGRID_BINARY, "list", "--coordinator", "127.0.0.1:1"}, log, 60), 3);
+  testing::WriteFile(cluster.dir() / "bad.yaml", "model: {kk: 3}\n");
+  EXPECT_EQ(RunCli(cluster, {"submit", cluster.dir() / "bad.yaml"}, log), 2);
+  EXPECT_THAT(testing::ReadFile(log), HasSubstr("model.kk"));
+  EXPECT_EQ(RunCli(cluster, {"list", "--state", "bogus"}, log), 2);
+  EXPECT_EQ(RunCli(cluster, {"list"}, log), 0);
 }
 
 // A client generated from the .proto files alone (Python, protoc + grpc_python_plugin).

@@ -58,6 +58,13 @@ int FreePort() {
 
 int main(int argc, char** argv) {
   using namespace saegrid;
+  // Signals are taken by a dedicated thread (sigwait): block them before any thread starts
+  // (gRPC starts its own as soon as credentials are made).
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   char hostname[HOST_NAME_MAX + 1] = {};
   gethostname(hostname, HOST_NAME_MAX);
   std::string coordinator, worker_id = hostname, data_dir = "saegrid-worker", token_file, tls_ca, host, ports,
@@ -132,11 +139,6 @@ int main(int argc, char** argv) {
   caps.set_rendezvous_port_max(port_max);
   caps.set_version(SAEGRID_VERSION);
 
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   worker::WorkerDaemon daemon(settings, caps, rpc::MakeChannel(coordinator, *credentials));
   std::thread signal_thread([&] {
     int signal = 0;

@@ -48,10 +48,11 @@ RankRun::~RankRun() {
 
 void RankRun::Start() { thread_ = std::thread([this] { Run(); }); }
 
-void RankRun::RequestStop(bool final_checkpoint, absl::Duration grace) {
+void RankRun::RequestStop(bool final_checkpoint, absl::Duration grace, const std::string& why) {
   absl::MutexLock lock(&mu_);
   if (stop_requested_ && (final_checkpoint || !final_checkpoint_)) return;
   stop_requested_ = true;
+  stop_reason_ = why;
   final_checkpoint_ = final_checkpoint;
   kill_at_ = final_checkpoint ? absl::Now() + grace : absl::Now();
 }
@@ -107,7 +108,7 @@ absl::Status RankRun::FetchResumeCheckpoint(const std::string& checkpoints_dir) 
   return st;
 }
 
-absl::Status RankRun::UploadCheckpoint(const std::string& step_dir, int64_t step, bool final) {
+absl::Status RankRun::UploadCheckpoint(const std::string& step_dir, int64_t step) {
   const std::string archive = absl::StrFormat("%s/upload_step_%09d.tar", dir_, step);
   if (auto st = PackDirectory(step_dir, archive); !st.ok()) return st;
   auto digest = rpc::Sha256OfFile(archive);
@@ -120,8 +121,9 @@ absl::Status RankRun::UploadCheckpoint(const std::string& step_dir, int64_t step
   header.set_step(step);
   header.set_size_bytes(size);
   header.set_sha256(*digest);
-  header.set_final(final);
+  // The trainer evaluates only when it ends (done or stopped), so the evaluated one is final.
   header.set_has_evaluation(fs::exists(step_dir + "/evaluation.json"));
+  header.set_final(header.has_evaluation());
   std::ifstream state(step_dir + "/trainer_state.json");
   auto j = nlohmann::json::parse(state, nullptr, false);
   if (j.is_object()) header.set_tokens(j.value("tokens", int64_t{0}));
@@ -248,11 +250,9 @@ void RankRun::Run() {
   absl::Time last_report = absl::InfinitePast();
   bool signalled = false;
   std::optional<int> exit_code;
-  auto upload_new = [&](bool final) {
-    for (size_t i = 0; i < new_checkpoints_.size(); ++i) {
-      const auto& [step_dir, step] = new_checkpoints_[i];
-      const bool last = final && i + 1 == new_checkpoints_.size();
-      auto st = UploadCheckpoint(step_dir, step, last);
+  auto upload_new = [&] {
+    for (const auto& [step_dir, step] : new_checkpoints_) {
+      auto st = UploadCheckpoint(step_dir, step);
       if (!st.ok()) {
         std::fprintf(stderr, "saegrid-worker: upload of %s failed: %s\n", step_dir.c_str(), std::string(st.message()).c_str());
       }
@@ -273,7 +273,7 @@ void RankRun::Run() {
     }
     if (!leader) continue;
     ReadMetrics(metrics, &metrics_offset);
-    if (!exit_code && new_checkpoints_.size() > 0) upload_new(false);
+    if (!new_checkpoints_.empty()) upload_new();
     if (progress_.step() != reported_step && absl::Now() - last_report >= absl::Seconds(1)) {
       v1::ReportProgressRequest request;
       request.set_worker_id(settings_.worker_id);
@@ -290,17 +290,21 @@ void RankRun::Run() {
   }
   if (leader) {
     ReadMetrics(metrics, &metrics_offset);
-    if (*exit_code == 0 || *exit_code == 130) upload_new(true);
+    if (*exit_code == 0 || *exit_code == 130) upload_new();
   }
   const std::string tail = Tail(log, 2000);
   bool stop_was_requested;
+  std::string stop_reason;
   {
     absl::MutexLock lock(&mu_);
     stop_was_requested = stop_requested_;
+    stop_reason = stop_reason_;
   }
   switch (*exit_code) {
     case 0: return Report(v1::RANK_OUTCOME_SUCCEEDED, 0, "");
-    case 130: return Report(v1::RANK_OUTCOME_STOPPED, 130, "stopped after a final checkpoint");
+    case 130:
+      return Report(v1::RANK_OUTCOME_STOPPED, 130,
+                    stop_reason.empty() ? "stopped after a final checkpoint" : stop_reason);
     case 3: return Report(v1::RANK_OUTCOME_PEER_LOST, 3, tail);
     case 4: return Report(v1::RANK_OUTCOME_RESTORE_FAILED, 4, tail);
     default:

@@ -32,7 +32,7 @@ class RankRun {
 
   void Start();
   // Cancel: let the rank checkpoint and stop within `grace`. Teardown: kill it now.
-  void RequestStop(bool final_checkpoint, absl::Duration grace);
+  void RequestStop(bool final_checkpoint, absl::Duration grace, const std::string& why = "");
   // True once the result has been reported (or could not be, for good).
   bool finished() const { return finished_.load(); }
   const v1::Assignment& assignment() const { return assignment_; }
@@ -40,7 +40,7 @@ class RankRun {
  private:
   void Run();
   absl::Status FetchResumeCheckpoint(const std::string& checkpoints_dir);
-  absl::Status UploadCheckpoint(const std::string& step_dir, int64_t step, bool final);
+  absl::Status UploadCheckpoint(const std::string& step_dir, int64_t step);
   void ReadMetrics(const std::string& path, int64_t* offset);
   void Report(v1::RankOutcome outcome, int exit_code, const std::string& message);
   // Retries UNAVAILABLE (the coordinator restarting) for up to `patience`.
@@ -56,6 +56,7 @@ class RankRun {
   absl::Mutex mu_;
   bool stop_requested_ ABSL_GUARDED_BY(mu_) = false;
   bool final_checkpoint_ ABSL_GUARDED_BY(mu_) = false;
+  std::string stop_reason_ ABSL_GUARDED_BY(mu_);
   absl::Time kill_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   // Rank 0's view of the training, from the --metrics-jsonl file.
   v1::TrainingProgress progress_;

@@ -88,35 +88,54 @@ void WorkerDaemon::HeartbeatUntilBroken() {
   grpc::ClientContext ctx;
   rpc::AttachToken(&ctx, settings_.token);
   auto stream = stub_->Heartbeat(&ctx);
-  while (!shutdown_.HasBeenNotified()) {
+  while (!Drained()) {
     ReapFinished();
+    StopRunsIfShuttingDown();
     v1::WorkerHeartbeat heartbeat;
     heartbeat.set_worker_id(settings_.worker_id);
     for (auto& r : Running()) *heartbeat.add_running() = r;
     v1::WorkerCommands commands;
     if (!stream->Write(heartbeat) || !stream->Read(&commands)) break;
-    Apply(commands);
-    shutdown_.WaitForNotificationWithTimeout(heartbeat_interval_);
+    if (!shutdown_.HasBeenNotified()) Apply(commands);
+    if (!shutdown_.HasBeenNotified()) shutdown_.WaitForNotificationWithTimeout(heartbeat_interval_);
+    else absl::SleepFor(std::min(heartbeat_interval_, absl::Milliseconds(200)));
   }
   ctx.TryCancel();
   grpc::Status status = stream->Finish();
-  if (!shutdown_.HasBeenNotified()) {
+  if (!Drained()) {
     std::fprintf(stderr, "saegrid-worker[%s]: heartbeat stream ended: %s\n", settings_.worker_id.c_str(),
                  status.ok() ? "closed" : status.error_message().c_str());
   }
 }
 
+bool WorkerDaemon::Drained() {
+  if (!shutdown_.HasBeenNotified()) return false;
+  ReapFinished();
+  return Running().empty() || absl::Now() > drain_deadline_;
+}
+
+// On shutdown every rank checkpoints and stops; heartbeats go on meanwhile, so that the
+// coordinator does not declare this worker lost before the final checkpoint is uploaded.
+void WorkerDaemon::StopRunsIfShuttingDown() {
+  if (!shutdown_.HasBeenNotified()) return;
+  absl::MutexLock lock(&mu_);
+  for (auto& [id, run] : runs_) {
+    run->RequestStop(true, shutdown_grace_, absl::StrCat("worker ", settings_.worker_id, " is shutting down"));
+  }
+}
+
 void WorkerDaemon::Run() {
   absl::Duration backoff = absl::Milliseconds(200);
-  while (!shutdown_.HasBeenNotified()) {
+  while (!Drained()) {
     ReapFinished();
+    StopRunsIfShuttingDown();
     auto st = RegisterOnce();
     if (!st.ok()) {
       if (absl::IsUnauthenticated(st) || absl::IsInvalidArgument(st)) {
         std::fprintf(stderr, "saegrid-worker[%s]: registration refused: %s\n", settings_.worker_id.c_str(),
                      std::string(st.message()).c_str());
       }
-      shutdown_.WaitForNotificationWithTimeout(backoff);
+      absl::SleepFor(backoff);
       backoff = std::min(backoff * 2, absl::Seconds(2));
       continue;
     }
@@ -126,23 +145,14 @@ void WorkerDaemon::Run() {
     backoff = absl::Milliseconds(200);
     HeartbeatUntilBroken();
   }
-  // Shutdown: ranks checkpoint and stop; results go out while the coordinator is reachable.
-  {
-    absl::MutexLock lock(&mu_);
-    for (auto& [id, run] : runs_) run->RequestStop(true, shutdown_grace_);
-  }
-  const absl::Time give_up = absl::Now() + shutdown_grace_ + absl::Seconds(30);
-  while (absl::Now() < give_up) {
-    ReapFinished();
-    if (Running().empty()) break;
-    absl::SleepFor(absl::Milliseconds(200));
-  }
   absl::MutexLock lock(&mu_);
-  runs_.clear();
+  runs_.clear();  // kills what is left after the deadline
 }
 
 void WorkerDaemon::Shutdown(absl::Duration grace) {
   shutdown_grace_ = grace;
+  // Time to checkpoint, then to upload and report.
+  drain_deadline_ = absl::Now() + grace + absl::Seconds(30);
   shutdown_.Notify();
 }
 

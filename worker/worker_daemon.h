@@ -30,6 +30,8 @@ class WorkerDaemon {
   void StopAttempt(const std::string& attempt_id, bool final_checkpoint, absl::Duration grace);
   std::vector<v1::RunningAssignment> Running();
   void ReapFinished();
+  bool Drained();
+  void StopRunsIfShuttingDown();
 
   WorkerSettings settings_;
   v1::WorkerCapabilities capabilities_;
@@ -38,6 +40,7 @@ class WorkerDaemon {
   absl::Duration heartbeat_interval_ = absl::Seconds(1);
   absl::Notification shutdown_;
   absl::Duration shutdown_grace_ = absl::Seconds(30);
+  absl::Time drain_deadline_ = absl::InfiniteFuture();
   absl::Mutex mu_;
   std::map<std::string, std::unique_ptr<RankRun>> runs_ ABSL_GUARDED_BY(mu_);  // by attempt id
 };
