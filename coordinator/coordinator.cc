@@ -755,20 +755,28 @@ void Coordinator::Schedule() {
     std::vector<Worker*> idle;
     int64_t capable = 0;
     for (auto& [id, w] : workers_) {
-      const bool fits = w.capabilities.device_kind() == device && (device != "cuda" || w.capabilities.gpu_count() > 0);
+      const bool fits = w.capabilities.device_kind() == device &&
+                        (device != "cuda" || w.capabilities.gpu_count() > 0) &&
+                        w.capabilities.memory_bytes() >= job->spec().resources().min_memory_bytes();
       if (!fits || w.state != WorkerState::kConnected) continue;
       ++capable;
       if (!w.slot && w.draining.empty()) idle.push_back(&w);
     }
+    const int64_t memory = job->spec().resources().min_memory_bytes();
+    const std::string needs =
+        absl::StrFormat("needs %d %s workers%s, %d idle of %d suitable", need, device,
+                        memory > 0 ? absl::StrFormat(" with %.1f GB", memory / 1e9) : "", idle.size(), capable);
     std::string reason;
-    if (auto b = blocked_by.find(device); b != blocked_by.end()) {
+    if (capable < need) {
+      reason = needs;  // no connected set of workers could run it: it holds up nobody
+    } else if (auto b = blocked_by.find(device); b != blocked_by.end()) {
       reason = absl::StrFormat("queued behind %s (higher priority or earlier, also needs %s workers)", b->second, device);
     } else if (static_cast<int64_t>(idle.size()) >= need) {
       idle.resize(need);
       if (StartAttempt(*job, idle).ok()) continue;
       reason = "could not record the assignment in the database";
     } else {
-      reason = absl::StrFormat("needs %d %s workers, %d idle (%d connected)", need, device, idle.size(), capable);
+      reason = needs;  // waits for busy workers: keep them for it
       blocked_by[device] = job->job_id();
     }
     if (job->pending_reason() != reason) {

@@ -10,7 +10,7 @@ packages=(
   libtorch-dev libgloo-dev libopenblas0-openmp libopenblas-openmp-dev
   # control plane
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
-  libabsl-dev libsqlite3-dev sqlite3
+  libabsl-dev libsqlite3-dev sqlite3 libssl-dev openssl
   # observability
   prometheus-cpp-dev
   # config parsing and tests

@@ -25,6 +25,9 @@ absl::Status ValidateSchedulingFields(const v1::JobSpec& spec) {
   if (spec.deadline_seconds() < 0) {
     return absl::InvalidArgumentError(absl::StrCat("deadline_seconds: must be >= 0, got ", spec.deadline_seconds()));
   }
+  if (spec.resources().min_memory_bytes() < 0) {
+    return absl::InvalidArgumentError("resources.min_memory_bytes: must be >= 0");
+  }
   if (spec.labels_size() > kMaxLabels) {
     return absl::InvalidArgumentError(absl::StrCat("labels: at most ", kMaxLabels, " labels, got ", spec.labels_size()));
   }
