@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -76,6 +77,19 @@ absl::Status ParseArgs(const std::vector<std::string>& args, const std::set<std:
     }
   }
   return absl::OkStatus();
+}
+
+// Connects and splits the arguments of a command that takes one positional argument (`what`);
+// returns the exit code when the arguments are wrong.
+std::optional<int> Prepare(const std::string& command, const char* usage, const char* what, int argc, char** argv,
+                           const std::set<std::string>& value_flags, const std::set<std::string>& switch_flags,
+                           ClientConnection* conn, Args* args) {
+  std::vector<std::string> raw(argv, argv + argc);
+  if (auto st = conn->Init(&raw); !st.ok()) return UsageError(command, std::string(st.message()), usage);
+  auto st = ParseArgs(raw, value_flags, switch_flags, args);
+  if (!st.ok()) return UsageError(command, std::string(st.message()), usage);
+  if (args->positional.size() != 1) return UsageError(command, absl::StrCat("expected one ", what), usage);
+  return std::nullopt;
 }
 
 std::string NewRequestId() {
@@ -170,12 +184,10 @@ constexpr char kSubmitUsage[] =
 }  // namespace
 
 int RunSubmitCommand(int argc, char** argv) {
-  std::vector<std::string> raw(argv, argv + argc);
   ClientConnection conn;
   Args args;
-  if (auto st = conn.Init(&raw); !st.ok()) return UsageError("submit", std::string(st.message()), kSubmitUsage);
-  if (auto st = ParseArgs(raw, {"--request-id"}, {"--wait"}, &args); !st.ok() || args.positional.size() != 1) {
-    return UsageError("submit", st.ok() ? "expected one FILE" : std::string(st.message()), kSubmitUsage);
+  if (auto code = Prepare("submit", kSubmitUsage, "FILE", argc, argv, {"--request-id"}, {"--wait"}, &conn, &args)) {
+    return *code;
   }
   auto spec = LoadJobSpecFile(args.positional[0]);
   if (!spec.ok()) {
@@ -201,13 +213,9 @@ int RunSubmitCommand(int argc, char** argv) {
 
 int RunGetCommand(int argc, char** argv) {
   static const char usage[] = "usage: saegrid get JOB [--events]\n";
-  std::vector<std::string> raw(argv, argv + argc);
   ClientConnection conn;
   Args args;
-  if (auto st = conn.Init(&raw); !st.ok()) return UsageError("get", std::string(st.message()), usage);
-  if (auto st = ParseArgs(raw, {}, {"--events"}, &args); !st.ok() || args.positional.size() != 1) {
-    return UsageError("get", st.ok() ? "expected one JOB" : std::string(st.message()), usage);
-  }
+  if (auto code = Prepare("get", usage, "JOB", argc, argv, {}, {"--events"}, &conn, &args)) return *code;
   v1::GetJobRequest request;
   request.set_job_id(args.positional[0]);
   v1::Job job;
@@ -294,25 +302,17 @@ int RunListCommand(int argc, char** argv) {
 
 int RunWatchCommand(int argc, char** argv) {
   static const char usage[] = "usage: saegrid watch JOB\n";
-  std::vector<std::string> raw(argv, argv + argc);
   ClientConnection conn;
   Args args;
-  if (auto st = conn.Init(&raw); !st.ok()) return UsageError("watch", std::string(st.message()), usage);
-  if (auto st = ParseArgs(raw, {}, {}, &args); !st.ok() || args.positional.size() != 1) {
-    return UsageError("watch", st.ok() ? "expected one JOB" : std::string(st.message()), usage);
-  }
+  if (auto code = Prepare("watch", usage, "JOB", argc, argv, {}, {}, &conn, &args)) return *code;
   return Watch(conn, args.positional[0]);
 }
 
 int RunCancelCommand(int argc, char** argv) {
   static const char usage[] = "usage: saegrid cancel JOB [--grace SECONDS] [--wait]\n";
-  std::vector<std::string> raw(argv, argv + argc);
   ClientConnection conn;
   Args args;
-  if (auto st = conn.Init(&raw); !st.ok()) return UsageError("cancel", std::string(st.message()), usage);
-  if (auto st = ParseArgs(raw, {"--grace"}, {"--wait"}, &args); !st.ok() || args.positional.size() != 1) {
-    return UsageError("cancel", st.ok() ? "expected one JOB" : std::string(st.message()), usage);
-  }
+  if (auto code = Prepare("cancel", usage, "JOB", argc, argv, {"--grace"}, {"--wait"}, &conn, &args)) return *code;
   v1::CancelJobRequest request;
   request.set_job_id(args.positional[0]);
   if (args.values.count("--grace")) {
@@ -336,13 +336,11 @@ int RunDownloadCommand(int argc, char** argv) {
       "usage: saegrid download JOB [--step N] -o DIR [--keep-archive]\n"
       "  downloads a checkpoint (default: the newest), checks its sha256 and unpacks it into DIR;\n"
       "  an interrupted download resumes from DIR/<job>-step_N.tar.part\n";
-  std::vector<std::string> raw(argv, argv + argc);
   ClientConnection conn;
   Args args;
-  if (auto st = conn.Init(&raw); !st.ok()) return UsageError("download", std::string(st.message()), usage);
-  if (auto st = ParseArgs(raw, {"--step", "-o", "--output"}, {"--keep-archive"}, &args);
-      !st.ok() || args.positional.size() != 1) {
-    return UsageError("download", st.ok() ? "expected one JOB" : std::string(st.message()), usage);
+  if (auto code = Prepare("download", usage, "JOB", argc, argv, {"--step", "-o", "--output"}, {"--keep-archive"},
+                          &conn, &args)) {
+    return *code;
   }
   std::string out_dir = args.values.count("-o") ? args.values["-o"] : args.values["--output"];
   if (out_dir.empty()) return UsageError("download", "-o DIR is required", usage);
@@ -425,13 +423,9 @@ int RunDownloadCommand(int argc, char** argv) {
 
 int RunResultsCommand(int argc, char** argv) {
   static const char usage[] = "usage: saegrid results JOB\n";
-  std::vector<std::string> raw(argv, argv + argc);
   ClientConnection conn;
   Args args;
-  if (auto st = conn.Init(&raw); !st.ok()) return UsageError("results", std::string(st.message()), usage);
-  if (auto st = ParseArgs(raw, {}, {}, &args); !st.ok() || args.positional.size() != 1) {
-    return UsageError("results", st.ok() ? "expected one JOB" : std::string(st.message()), usage);
-  }
+  if (auto code = Prepare("results", usage, "JOB", argc, argv, {}, {}, &conn, &args)) return *code;
   v1::GetEvaluationRequest request;
   request.set_job_id(args.positional[0]);
   v1::Evaluation evaluation;

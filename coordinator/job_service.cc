@@ -15,15 +15,9 @@ bool IsTerminal(v1::JobState s) {
 
 }  // namespace
 
-#define SAEGRID_AUTHORIZE(ctx)                                          \
-  do {                                                                  \
-    grpc::Status auth_status = auth_->Check(*(ctx), rpc::Role::kClient); \
-    if (!auth_status.ok()) return auth_status;                          \
-  } while (0)
-
 grpc::Status JobServiceImpl::SubmitJob(grpc::ServerContext* ctx, const v1::SubmitJobRequest* req,
                                        v1::SubmitJobResponse* resp) {
-  SAEGRID_AUTHORIZE(ctx);
+  SAEGRID_RETURN_IF_UNAUTHORIZED(*auth_, ctx, rpc::Role::kClient);
   auto r = coordinator_->SubmitJob(*req);
   if (!r.ok()) return rpc::ToGrpcStatus(r.status());
   *resp = *std::move(r);
@@ -31,7 +25,7 @@ grpc::Status JobServiceImpl::SubmitJob(grpc::ServerContext* ctx, const v1::Submi
 }
 
 grpc::Status JobServiceImpl::GetJob(grpc::ServerContext* ctx, const v1::GetJobRequest* req, v1::Job* resp) {
-  SAEGRID_AUTHORIZE(ctx);
+  SAEGRID_RETURN_IF_UNAUTHORIZED(*auth_, ctx, rpc::Role::kClient);
   auto r = coordinator_->GetJob(req->job_id());
   if (!r.ok()) return rpc::ToGrpcStatus(r.status());
   *resp = *std::move(r);
@@ -40,7 +34,7 @@ grpc::Status JobServiceImpl::GetJob(grpc::ServerContext* ctx, const v1::GetJobRe
 
 grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* ctx, const v1::ListJobsRequest* req,
                                       v1::ListJobsResponse* resp) {
-  SAEGRID_AUTHORIZE(ctx);
+  SAEGRID_RETURN_IF_UNAUTHORIZED(*auth_, ctx, rpc::Role::kClient);
   auto r = coordinator_->ListJobs(*req);
   if (!r.ok()) return rpc::ToGrpcStatus(r.status());
   *resp = *std::move(r);
@@ -48,7 +42,7 @@ grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* ctx, const v1::ListJo
 }
 
 grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* ctx, const v1::CancelJobRequest* req, v1::Job* resp) {
-  SAEGRID_AUTHORIZE(ctx);
+  SAEGRID_RETURN_IF_UNAUTHORIZED(*auth_, ctx, rpc::Role::kClient);
   if (req->grace_seconds() < 0 || req->grace_seconds() > 3600) {
     return {grpc::StatusCode::INVALID_ARGUMENT, "grace_seconds: must be in [0, 3600]"};
   }
@@ -60,7 +54,7 @@ grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* ctx, const v1::Cance
 
 grpc::Status JobServiceImpl::WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,
                                       grpc::ServerWriter<v1::JobUpdate>* writer) {
-  SAEGRID_AUTHORIZE(ctx);
+  SAEGRID_RETURN_IF_UNAUTHORIZED(*auth_, ctx, rpc::Role::kClient);
   if (req->progress_interval_seconds() < 0 || req->progress_interval_seconds() > 3600) {
     return {grpc::StatusCode::INVALID_ARGUMENT, "progress_interval_seconds: must be in [0, 3600]"};
   }
@@ -109,7 +103,7 @@ grpc::Status JobServiceImpl::WatchJob(grpc::ServerContext* ctx, const v1::WatchJ
 
 grpc::Status JobServiceImpl::ListJobEvents(grpc::ServerContext* ctx, const v1::ListJobEventsRequest* req,
                                            v1::ListJobEventsResponse* resp) {
-  SAEGRID_AUTHORIZE(ctx);
+  SAEGRID_RETURN_IF_UNAUTHORIZED(*auth_, ctx, rpc::Role::kClient);
   auto r = coordinator_->ListEvents(req->job_id(), req->after_sequence());
   if (!r.ok()) return rpc::ToGrpcStatus(r.status());
   for (auto& e : *r) *resp->add_events() = std::move(e);
@@ -118,7 +112,7 @@ grpc::Status JobServiceImpl::ListJobEvents(grpc::ServerContext* ctx, const v1::L
 
 grpc::Status JobServiceImpl::ListCheckpoints(grpc::ServerContext* ctx, const v1::ListCheckpointsRequest* req,
                                              v1::ListCheckpointsResponse* resp) {
-  SAEGRID_AUTHORIZE(ctx);
+  SAEGRID_RETURN_IF_UNAUTHORIZED(*auth_, ctx, rpc::Role::kClient);
   auto r = coordinator_->ListCheckpoints(req->job_id());
   if (!r.ok()) return rpc::ToGrpcStatus(r.status());
   for (auto& c : *r) *resp->add_checkpoints() = std::move(c);
@@ -162,13 +156,13 @@ grpc::Status StreamCheckpoint(Coordinator* coordinator, grpc::ServerContext* ctx
 
 grpc::Status JobServiceImpl::DownloadCheckpoint(grpc::ServerContext* ctx, const v1::DownloadCheckpointRequest* req,
                                                 grpc::ServerWriter<v1::CheckpointChunk>* writer) {
-  SAEGRID_AUTHORIZE(ctx);
+  SAEGRID_RETURN_IF_UNAUTHORIZED(*auth_, ctx, rpc::Role::kClient);
   return StreamCheckpoint(coordinator_, ctx, req->job_id(), req->step(), req->offset(), writer);
 }
 
 grpc::Status JobServiceImpl::GetEvaluation(grpc::ServerContext* ctx, const v1::GetEvaluationRequest* req,
                                            v1::Evaluation* resp) {
-  SAEGRID_AUTHORIZE(ctx);
+  SAEGRID_RETURN_IF_UNAUTHORIZED(*auth_, ctx, rpc::Role::kClient);
   auto r = coordinator_->GetEvaluation(req->job_id());
   if (!r.ok()) return rpc::ToGrpcStatus(r.status());
   *resp = *std::move(r);

@@ -43,13 +43,7 @@ int Fail(const std::string& message) {
 
 int main(int argc, char** argv) {
   using namespace saegrid;
-  // Signals are taken by a dedicated thread (sigwait): block them before any thread starts
-  // (gRPC starts its own as soon as credentials are made).
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  sigset_t signals = rpc::BlockTerminationSignals();  // before gRPC starts any thread
   std::string listen = "127.0.0.1:50051", port_file, data_dir = "saegrid-data", client_token_file,
               worker_token_file, tls_cert, tls_key, heartbeat_interval = "1", heartbeat_timeout = "10",
               restart_backoff = "1", reconnect_grace = "20";

@@ -10,15 +10,9 @@
 
 namespace saegrid::coordinator {
 
-#define SAEGRID_AUTHORIZE(ctx)                                          \
-  do {                                                                  \
-    grpc::Status auth_status = auth_->Check(*(ctx), rpc::Role::kWorker); \
-    if (!auth_status.ok()) return auth_status;                          \
-  } while (0)
-
 grpc::Status WorkerServiceImpl::RegisterWorker(grpc::ServerContext* ctx, const v1::RegisterWorkerRequest* req,
                                                v1::RegisterWorkerResponse* resp) {
-  SAEGRID_AUTHORIZE(ctx);
+  SAEGRID_RETURN_IF_UNAUTHORIZED(*auth_, ctx, rpc::Role::kWorker);
   auto r = coordinator_->RegisterWorker(*req);
   if (!r.ok()) return rpc::ToGrpcStatus(r.status());
   *resp = *std::move(r);
@@ -27,7 +21,7 @@ grpc::Status WorkerServiceImpl::RegisterWorker(grpc::ServerContext* ctx, const v
 
 grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* ctx,
                                           grpc::ServerReaderWriter<v1::WorkerCommands, v1::WorkerHeartbeat>* stream) {
-  SAEGRID_AUTHORIZE(ctx);
+  SAEGRID_RETURN_IF_UNAUTHORIZED(*auth_, ctx, rpc::Role::kWorker);
   v1::WorkerHeartbeat heartbeat;
   std::string worker_id;
   while (stream->Read(&heartbeat)) {
@@ -45,14 +39,14 @@ grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* ctx,
 
 grpc::Status WorkerServiceImpl::ReportProgress(grpc::ServerContext* ctx, const v1::ReportProgressRequest* req,
                                                v1::ReportProgressResponse*) {
-  SAEGRID_AUTHORIZE(ctx);
+  SAEGRID_RETURN_IF_UNAUTHORIZED(*auth_, ctx, rpc::Role::kWorker);
   return rpc::ToGrpcStatus(coordinator_->ReportProgress(*req));
 }
 
 grpc::Status WorkerServiceImpl::UploadCheckpoint(grpc::ServerContext* ctx,
                                                  grpc::ServerReader<v1::UploadCheckpointChunk>* reader,
                                                  v1::UploadCheckpointResponse* resp) {
-  SAEGRID_AUTHORIZE(ctx);
+  SAEGRID_RETURN_IF_UNAUTHORIZED(*auth_, ctx, rpc::Role::kWorker);
   v1::UploadCheckpointChunk chunk;
   if (!reader->Read(&chunk) || !chunk.has_header()) {
     return {grpc::StatusCode::INVALID_ARGUMENT, "the first message of an upload must be its header"};
@@ -99,13 +93,13 @@ grpc::Status WorkerServiceImpl::UploadCheckpoint(grpc::ServerContext* ctx,
 
 grpc::Status WorkerServiceImpl::FetchCheckpoint(grpc::ServerContext* ctx, const v1::FetchCheckpointRequest* req,
                                                 grpc::ServerWriter<v1::CheckpointChunk>* writer) {
-  SAEGRID_AUTHORIZE(ctx);
+  SAEGRID_RETURN_IF_UNAUTHORIZED(*auth_, ctx, rpc::Role::kWorker);
   return StreamCheckpoint(coordinator_, ctx, req->job_id(), req->step(), req->offset(), writer);
 }
 
 grpc::Status WorkerServiceImpl::ReportResult(grpc::ServerContext* ctx, const v1::ReportResultRequest* req,
                                              v1::ReportResultResponse*) {
-  SAEGRID_AUTHORIZE(ctx);
+  SAEGRID_RETURN_IF_UNAUTHORIZED(*auth_, ctx, rpc::Role::kWorker);
   return rpc::ToGrpcStatus(coordinator_->ReportResult(*req));
 }
 

@@ -1,5 +1,7 @@
 #include "rpc/command_line.h"
 
+#include <pthread.h>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
@@ -34,6 +36,15 @@ absl::Status ParseFlags(int argc, char** argv, const std::map<std::string, FlagS
     *it->second.value = value;
   }
   return absl::OkStatus();
+}
+
+sigset_t BlockTerminationSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return signals;
 }
 
 absl::Status ParseSeconds(const std::string& flag, const std::string& text, double* seconds) {

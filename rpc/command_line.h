@@ -1,6 +1,8 @@
 // Flag parsing for the daemons: "--name value" or "--name=value", every flag named in errors.
 #pragma once
 
+#include <signal.h>
+
 #include <map>
 #include <string>
 #include <vector>
@@ -20,5 +22,10 @@ absl::Status ParseFlags(int argc, char** argv, const std::map<std::string, FlagS
 
 // Parses a duration flag given in seconds ("2", "0.5").
 absl::Status ParseSeconds(const std::string& flag, const std::string& text, double* seconds);
+
+// Blocks SIGINT and SIGTERM in the calling thread and in every thread it starts afterwards, so
+// that a daemon takes them with sigwait on the returned set. Call it first in main: gRPC starts
+// threads as soon as credentials are made.
+sigset_t BlockTerminationSignals();
 
 }  // namespace saegrid::rpc

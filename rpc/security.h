@@ -30,6 +30,13 @@ class TokenAuthenticator {
   std::string client_token_, worker_token_;
 };
 
+// In a service method: returns UNAUTHENTICATED unless the call carries `role`'s token.
+#define SAEGRID_RETURN_IF_UNAUTHORIZED(authenticator, context, role)           \
+  do {                                                                         \
+    grpc::Status saegrid_auth_status = (authenticator).Check(*(context), role); \
+    if (!saegrid_auth_status.ok()) return saegrid_auth_status;                 \
+  } while (0)
+
 // Adds "authorization: Bearer <token>" (nothing for an empty token).
 void AttachToken(grpc::ClientContext* context, const std::string& token);
 

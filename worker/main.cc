@@ -58,13 +58,7 @@ int FreePort() {
 
 int main(int argc, char** argv) {
   using namespace saegrid;
-  // Signals are taken by a dedicated thread (sigwait): block them before any thread starts
-  // (gRPC starts its own as soon as credentials are made).
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  sigset_t signals = rpc::BlockTerminationSignals();  // before gRPC starts any thread
   char hostname[HOST_NAME_MAX + 1] = {};
   gethostname(hostname, HOST_NAME_MAX);
   std::string coordinator, worker_id = hostname, data_dir = "saegrid-worker", token_file, tls_ca, host, ports,
