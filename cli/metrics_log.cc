@@ -36,16 +36,30 @@ void MetricsLog::OnStep(const StepMetrics& m) {
                       {"lr", m.lr},
                       {"grad_norm", m.grad_norm},
                       {"step_seconds", m.step_seconds},
-                      {"tokens_per_second", m.tokens_per_second}};
+                      {"tokens_per_second", m.tokens_per_second},
+                      {"profile",
+                       {{"encoder", m.profile.encoder},
+                        {"topk", m.profile.topk},
+                        {"allgather", m.profile.allgather},
+                        {"decode", m.profile.decode},
+                        {"allreduce", m.profile.allreduce},
+                        {"backward", m.profile.backward},
+                        {"optimizer", m.profile.optimizer}}}};
   Write(j.dump());
+  last_event_ = std::chrono::steady_clock::now();
 }
 
+// The checkpoint is written right after the step (or the evaluation) the previous line
+// reported, so the time since then is its write time.
 void MetricsLog::OnCheckpoint(const std::string& dir, int64_t step) {
-  Write(nlohmann::json({{"checkpoint", dir}, {"step", step}}).dump());
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_event_).count();
+  Write(nlohmann::json({{"checkpoint", dir}, {"step", step}, {"seconds", seconds}}).dump());
+  last_event_ = std::chrono::steady_clock::now();
 }
 
 void MetricsLog::OnEvaluation(const EvalResult& result) {
   Write(nlohmann::json({{"evaluation", EvalResultToJson(result)}}).dump());
+  last_event_ = std::chrono::steady_clock::now();
 }
 
 }  // namespace saegrid::cli

@@ -1,7 +1,9 @@
-// `--metrics-jsonl FILE`: one JSON object per training step and one for the final evaluation,
-// appended as lines, for scripts and tests that compare runs step by step.
+// `--metrics-jsonl FILE`: one JSON object per training step (with this rank's time per phase),
+// one per checkpoint (with its write time) and one for the final evaluation, appended as lines,
+// for the worker daemon, scripts and tests that compare runs step by step.
 #pragma once
 
+#include <chrono>
 #include <cstdio>
 #include <string>
 
@@ -22,6 +24,7 @@ class MetricsLog : public TrainingObserver {
  private:
   void Write(const std::string& line);
   FILE* file_;
+  std::chrono::steady_clock::time_point last_event_ = std::chrono::steady_clock::now();
 };
 
 // Passes every event on to several observers.

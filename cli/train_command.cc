@@ -86,7 +86,7 @@ int StatusExitCode(const absl::Status& status) {
 int RunTrainCommand(int argc, char** argv) {
   std::string config_path, output_dir, rendezvous, attempt = "0", metrics_path;
   int64_t threads = -1, total_tokens = -1, rank = -1, world_size = -1, local_ranks = -1;
-  bool no_resume = false, quiet = false, gather_checkpoints = false;
+  bool no_resume = false, quiet = false, gather_checkpoints = false, metrics_all_ranks = false;
   std::vector<std::string> passthrough;  // what --local-ranks hands on to every rank
   for (int i = 0; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -119,8 +119,12 @@ int RunTrainCommand(int argc, char** argv) {
                                     : arg == "--world-size"   ? world_size
                                                               : local_ranks) = n;
       if (arg == "--threads" || arg == "--total-tokens") passthrough.insert(passthrough.end(), {arg, v});
-    } else if (arg == "--no-resume" || arg == "--quiet" || arg == "--gather-checkpoints") {
-      (arg == "--no-resume" ? no_resume : arg == "--quiet" ? quiet : gather_checkpoints) = true;
+    } else if (arg == "--no-resume" || arg == "--quiet" || arg == "--gather-checkpoints" ||
+               arg == "--metrics-all-ranks") {
+      (arg == "--no-resume"            ? no_resume
+       : arg == "--quiet"              ? quiet
+       : arg == "--gather-checkpoints" ? gather_checkpoints
+                                       : metrics_all_ranks) = true;
       passthrough.push_back(arg);
     } else if (arg == "-h" || arg == "--help") {
       absl::FPrintF(stdout, "%s", kUsage);
@@ -228,7 +232,7 @@ int RunTrainCommand(int argc, char** argv) {
   ObserverList observers;
   observers.Add(&progress);
   std::unique_ptr<MetricsLog> metrics;
-  if (!metrics_path.empty() && leader) {
+  if (!metrics_path.empty() && (leader || (metrics_all_ranks && one_rank))) {
     metrics = std::make_unique<MetricsLog>(metrics_path);
     if (!metrics->ok()) {
       absl::FPrintF(stderr, "saegrid: cannot write --metrics-jsonl %s\n", metrics_path);

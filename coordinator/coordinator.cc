@@ -532,6 +532,7 @@ absl::StatusOr<v1::CheckpointInfo> Coordinator::AddCheckpoint(const v1::UploadCh
   c.info.set_has_evaluation(h.has_evaluation());
   *c.info.mutable_create_time() = ToProto(absl::Now());
   if (auto st = store_->SaveCheckpoint(c); !st.ok()) return st;
+  if (metrics_) metrics_->CheckpointStored(h.size_bytes());
   auto& list = checkpoints_[h.job_id()];
   list.erase(std::remove_if(list.begin(), list.end(), [&](const auto& o) { return o.info.step() == h.step(); }),
              list.end());
@@ -576,6 +577,12 @@ absl::Status Coordinator::ReportResult(const v1::ReportResultRequest& r) {
       if (r.final_tokens() > attempt->last_tokens()) {
         updated.set_tokens_consumed(updated.tokens_consumed() + r.final_tokens() - attempt->last_tokens());
         attempt->set_last_tokens(r.final_tokens());
+      }
+      if (r.final_progress().step() >= updated.progress().step() && r.final_progress().step() > 0) {
+        const int64_t total_tokens = updated.progress().total_tokens();
+        *updated.mutable_progress() = r.final_progress();
+        updated.mutable_progress()->set_total_tokens(total_tokens);
+        *updated.mutable_progress()->mutable_report_time() = ToProto(absl::Now());
       }
       updated.mutable_progress()->set_step(std::max(updated.progress().step(), r.final_step()));
       updated.mutable_progress()->set_tokens(std::max(updated.progress().tokens(), r.final_tokens()));
@@ -688,6 +695,7 @@ void Coordinator::TearDown(const std::string& job_id, v1::FailureReason reason, 
         .IgnoreError();
   } else {
     job.set_restarts(job.restarts() + 1);
+    if (metrics_) metrics_->JobRestarted(reason);
     absl::Duration backoff = options_.restart_backoff_initial;
     for (int i = 1; i < job.restarts() && backoff < options_.restart_backoff_max; ++i) backoff *= 2;
     backoff = std::min(backoff, options_.restart_backoff_max);
@@ -729,6 +737,10 @@ absl::Status Coordinator::StartAttempt(v1::Job& job, const std::vector<Worker*>&
                                     : "starting from scratch"),
              &events).IgnoreError();
   if (auto st = Commit(job, std::move(events)); !st.ok()) return st;
+  if (metrics_) {
+    const absl::Time waited_since = job.restarts() > 0 ? FromProto(job.not_before()) : FromProto(job.create_time());
+    metrics_->JobScheduled(absl::ToDoubleSeconds(absl::Now() - waited_since));
+  }
   AttemptRuntime rt;
   rt.rank_running.assign(gang.size(), false);
   rt.rank_done.assign(gang.size(), false);
@@ -798,6 +810,7 @@ void Coordinator::Tick() {
     if (w.state == WorkerState::kDisconnected && !w.slot) continue;  // nothing to lose
     w.state = WorkerState::kLost;
     w.draining.clear();
+    if (metrics_) metrics_->HeartbeatMissed();
     if (w.slot) {
       const RankSlot slot = *w.slot;
       TearDown(slot.job_id, v1::FAILURE_REASON_WORKER_LOST,
@@ -841,6 +854,18 @@ void Coordinator::Tick() {
     }
   }
   Schedule();
+  if (metrics_) {
+    std::map<std::string, int> workers = {{"idle", 0}, {"busy", 0}, {"disconnected", 0}, {"lost", 0}};
+    for (const auto& [id, w] : workers_) {
+      if (w.state == WorkerState::kLost) ++workers["lost"];
+      else if (w.state == WorkerState::kDisconnected) ++workers["disconnected"];
+      else if (w.slot || !w.draining.empty()) ++workers["busy"];
+      else ++workers["idle"];
+    }
+    std::map<std::string, const v1::Evaluation*> evaluations;
+    for (const auto& [id, e] : evaluations_) evaluations[id] = &e;
+    metrics_->Refresh(jobs_, workers, evaluations, now);
+  }
 }
 
 }  // namespace saegrid::coordinator

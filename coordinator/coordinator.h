@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "coordinator/coordinator_metrics.h"
 #include "coordinator/store.h"
 #include "saegrid/v1/job.pb.h"
 #include "saegrid/v1/job_service.pb.h"
@@ -66,6 +67,9 @@ class Coordinator {
   // Scheduling, heartbeat deadlines, backoffs, cancel grace and job deadlines; the server calls
   // it every few hundred milliseconds.
   void Tick();
+
+  // Exports to `metrics` from now on (not owned; null: none). Call before serving.
+  void SetMetrics(CoordinatorMetrics* metrics) { metrics_ = metrics; }
 
   std::string temp_dir() const { return options_.data_dir + "/tmp"; }
   const CoordinatorOptions& options() const { return options_; }
@@ -131,6 +135,7 @@ class Coordinator {
   std::map<std::string, AttemptRuntime> runtime_ ABSL_GUARDED_BY(mu_);  // by job id
   int64_t next_job_number_ ABSL_GUARDED_BY(mu_) = 1;
   absl::Time started_ = absl::Now();
+  CoordinatorMetrics* metrics_ = nullptr;
 };
 
 }  // namespace saegrid::coordinator

@@ -14,6 +14,8 @@
 #include "coordinator/coordinator.h"
 #include "coordinator/job_service.h"
 #include "coordinator/worker_service.h"
+#include "metrics/metrics_server.h"
+#include "metrics/rpc_metrics.h"
 #include "rpc/command_line.h"
 #include "rpc/security.h"
 
@@ -32,6 +34,8 @@ constexpr char kUsage[] =
     "  --heartbeat-timeout S       a worker silent this long is lost (default 10)\n"
     "  --restart-backoff S         first restart delay, doubling up to 60 s (default 1)\n"
     "  --reconnect-grace S         after a restart, time for running ranks to report (default 20)\n"
+    "  --metrics-listen HOST:PORT  serve Prometheus /metrics here (default 0.0.0.0:9464; \"off\": none)\n"
+    "  --metrics-port-file FILE    write the bound metrics port here\n"
     "health service names: \"liveness\" (process up), \"readiness\" (state recovered, serving)\n";
 
 int Fail(const std::string& message) {
@@ -46,7 +50,7 @@ int main(int argc, char** argv) {
   sigset_t signals = rpc::BlockTerminationSignals();  // before gRPC starts any thread
   std::string listen = "127.0.0.1:50051", port_file, data_dir = "saegrid-data", client_token_file,
               worker_token_file, tls_cert, tls_key, heartbeat_interval = "1", heartbeat_timeout = "10",
-              restart_backoff = "1", reconnect_grace = "20";
+              restart_backoff = "1", reconnect_grace = "20", metrics_listen = "0.0.0.0:9464", metrics_port_file;
   bool allow_unauthenticated = false, help = false;
   auto parsed = rpc::ParseFlags(argc - 1, argv + 1,
                                 {{"--listen", {&listen}},
@@ -61,6 +65,8 @@ int main(int argc, char** argv) {
                                  {"--heartbeat-timeout", {&heartbeat_timeout}},
                                  {"--restart-backoff", {&restart_backoff}},
                                  {"--reconnect-grace", {&reconnect_grace}},
+                                 {"--metrics-listen", {&metrics_listen}},
+                                 {"--metrics-port-file", {&metrics_port_file}},
                                  {"--help", {nullptr, &help}}});
   if (help) {
     absl::FPrintF(stdout, "%s", kUsage);
@@ -108,6 +114,19 @@ int main(int argc, char** argv) {
 
   auto coordinator = coordinator::Coordinator::Open(options);
   if (!coordinator.ok()) return Fail(std::string(coordinator.status().message()));
+  std::unique_ptr<metrics::MetricsServer> metrics_server;
+  std::unique_ptr<coordinator::CoordinatorMetrics> coordinator_metrics;
+  if (metrics_listen != "off") {
+    auto started = metrics::MetricsServer::Start(metrics_listen, "coordinator");
+    if (!started.ok()) return Fail(std::string(started.status().message()));
+    metrics_server = *std::move(started);
+    coordinator_metrics = std::make_unique<coordinator::CoordinatorMetrics>(metrics_server->registry());
+    (*coordinator)->SetMetrics(coordinator_metrics.get());
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+    interceptors.push_back(std::make_unique<metrics::RpcMetrics>(metrics_server->registry()));
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
+    if (!metrics_port_file.empty()) rpc::WriteFileAtomically(metrics_port_file, absl::StrCat(metrics_server->port(), "\n"));
+  }
   rpc::TokenAuthenticator auth(*client_token, *worker_token);
   coordinator::JobServiceImpl job_service(coordinator->get(), &auth);
   coordinator::WorkerServiceImpl worker_service(coordinator->get(), &auth);
@@ -120,13 +139,10 @@ int main(int argc, char** argv) {
   health->SetServingStatus("readiness", true);
   health->SetServingStatus("saegrid.v1.JobService", true);
   health->SetServingStatus("saegrid.v1.WorkerService", true);
-  if (!port_file.empty()) {
-    const std::string temp = port_file + ".tmp";
-    std::ofstream(temp) << port << "\n";
-    std::rename(temp.c_str(), port_file.c_str());
-  }
-  absl::FPrintF(stdout, "saegrid-coordinator: serving on port %d (data %s%s)\n", port, data_dir,
-                tls_cert.empty() ? "" : ", TLS");
+  if (!port_file.empty()) rpc::WriteFileAtomically(port_file, absl::StrCat(port, "\n"));
+  absl::FPrintF(stdout, "saegrid-coordinator: serving on port %d (data %s%s), metrics on %s\n", port, data_dir,
+                tls_cert.empty() ? "" : ", TLS",
+                metrics_server ? absl::StrCat("port ", metrics_server->port()) : std::string("none"));
   std::fflush(stdout);
 
   absl::Notification stopping;

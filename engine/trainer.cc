@@ -254,6 +254,10 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   torch::Tensor fired = dead_->FiredMask(out->indices, out->acts);
   SAEGRID_RETURN_IF_ERROR(replicas->AllReduce(fired, ReduceOp::kMax));
   dead_->UpdateFired(fired, global_tokens);
+  // Reported after this step's firing, as the evaluation counts them (AuxK used the count from
+  // before the step).
+  double dead_after = static_cast<double>(dead_->CountDead(mc.dead_tokens_threshold));
+  SAEGRID_RETURN_IF_ERROR(AllReduceScalars(shards, ReduceOp::kSum, {&dead_after}));
   m.profile.optimizer += Seconds(phase_start);
   ++step_;
   tokens_ += global_tokens;
@@ -267,8 +271,8 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   m.auxk_loss = out->auxk_loss;
   m.l1_loss = out->l1_loss;
   m.l0 = out->l0;
-  m.num_dead = out->num_dead;
-  m.dead_fraction = static_cast<double>(out->num_dead) / mc.num_latents;
+  m.num_dead = static_cast<int64_t>(dead_after);
+  m.dead_fraction = dead_after / mc.num_latents;
   m.overflow_tokens = static_cast<int64_t>(sums.overflow_tokens);
   m.overflow_rate = out->overflow_rate;
   m.overflow_tokens_total = overflow_tokens_;

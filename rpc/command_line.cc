@@ -2,6 +2,9 @@
 
 #include <pthread.h>
 
+#include <cstdio>
+#include <fstream>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
@@ -36,6 +39,12 @@ absl::Status ParseFlags(int argc, char** argv, const std::map<std::string, FlagS
     *it->second.value = value;
   }
   return absl::OkStatus();
+}
+
+void WriteFileAtomically(const std::string& path, const std::string& contents) {
+  const std::string temp = path + ".tmp";
+  std::ofstream(temp) << contents;
+  std::rename(temp.c_str(), path.c_str());
 }
 
 sigset_t BlockTerminationSignals() {

@@ -20,6 +20,10 @@ struct FlagSpec {
 absl::Status ParseFlags(int argc, char** argv, const std::map<std::string, FlagSpec>& flags,
                         std::vector<std::string>* positional = nullptr);
 
+// Writes `contents` to `path` through a temporary file and a rename, so that a reader polling for
+// the file (a port file) never sees it half written.
+void WriteFileAtomically(const std::string& path, const std::string& contents);
+
 // Parses a duration flag given in seconds ("2", "0.5").
 absl::Status ParseSeconds(const std::string& flag, const std::string& text, double* seconds);
 

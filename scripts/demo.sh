@@ -22,18 +22,20 @@ trap cleanup EXIT
 
 "$bin/saegrid-coordinator" --listen 127.0.0.1:0 --port-file "$work/port" --data-dir "$work/coordinator" \
   --client-token-file "$work/client.token" --worker-token-file "$work/worker.token" \
+  --metrics-listen 127.0.0.1:0 --metrics-port-file "$work/coordinator.metrics-port" \
   > "$work/coordinator.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [ -s "$work/port" ] && break; sleep 0.1; done
 [ -s "$work/port" ] || { echo "demo: the coordinator did not start:"; cat "$work/coordinator.log"; exit 1; }
 address="127.0.0.1:$(cat "$work/port")"
-echo "demo: coordinator on $address (data in $work/coordinator)"
+echo "demo: coordinator on $address (data in $work/coordinator, /metrics on port $(cat "$work/coordinator.metrics-port"))"
 
 # Two workers sharing this machine's cores.
 threads=$(( $(nproc) / 2 )); [ "$threads" -ge 1 ] || threads=1
 for i in 1 2; do
   "$bin/saegrid-worker" --coordinator "$address" --worker-id "worker-$i" --data-dir "$work/worker-$i" \
-    --worker-token-file "$work/worker.token" --threads "$threads" > "$work/worker-$i.log" 2>&1 &
+    --worker-token-file "$work/worker.token" --threads "$threads" \
+    --metrics-listen 127.0.0.1:0 --metrics-port-file "$work/worker-$i.metrics-port" > "$work/worker-$i.log" 2>&1 &
   pids+=($!)
 done
 echo "demo: workers worker-1 and worker-2 started"

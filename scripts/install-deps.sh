@@ -12,7 +12,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libabsl-dev libsqlite3-dev sqlite3 libssl-dev openssl
   # observability
-  prometheus-cpp-dev
+  prometheus-cpp-dev prometheus
   # config parsing and tests
   nlohmann-json3-dev libyaml-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev
   # helpers used by scripts and tests

@@ -47,7 +47,8 @@ void ServiceCluster::StartCoordinator() {
        "--data-dir", dir_ / "coordinator", "--client-token-file", dir_ / "client.token", "--worker-token-file",
        dir_ / "worker.token", "--heartbeat-interval", absl::StrCat(options_.heartbeat_interval),
        "--heartbeat-timeout", absl::StrCat(options_.heartbeat_timeout), "--restart-backoff",
-       absl::StrCat(options_.restart_backoff), "--reconnect-grace", absl::StrCat(options_.reconnect_grace)};
+       absl::StrCat(options_.restart_backoff), "--reconnect-grace", absl::StrCat(options_.reconnect_grace),
+       "--metrics-listen", "127.0.0.1:0", "--metrics-port-file", dir_ / "coordinator.metrics-port"};
   argv.insert(argv.end(), tls.begin(), tls.end());
   coordinator_ = StartProcess(argv, dir_ / "coordinator.log");
   for (int i = 0; i < 200 && !std::filesystem::exists(port_file); ++i) {
@@ -80,7 +81,8 @@ void ServiceCluster::StartWorker(int index) {
   std::vector<std::string> argv = {SAEGRID_WORKER_BINARY, "--coordinator", address(), "--worker-id", id,
                                    "--data-dir", dir_ / id, "--worker-token-file", dir_ / "worker.token",
                                    "--threads", absl::StrCat(options_.threads_per_rank), "--trainer",
-                                   SAEGRID_BINARY, "--shutdown-grace", "20"};
+                                   SAEGRID_BINARY, "--shutdown-grace", "20", "--metrics-listen", "127.0.0.1:0",
+                                   "--metrics-port-file", dir_ / (id + ".metrics-port")};
   if (options_.tls) argv.insert(argv.end(), {"--tls-ca", dir_ / "tls.crt"});
   workers_[index] = StartProcess(argv, dir_ / (id + ".log"));
 }
@@ -89,6 +91,23 @@ void ServiceCluster::KillWorker(int index, int signal) {
   ::kill(workers_[index], signal);
   WaitProcess(workers_[index], 30);
   workers_[index] = -1;
+}
+
+namespace {
+
+int ReadPort(const std::string& path) {
+  for (int i = 0; i < 200 && !std::filesystem::exists(path); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const std::string text = ReadFile(path);
+  return text.empty() ? -1 : std::stoi(text);
+}
+
+}  // namespace
+
+int ServiceCluster::coordinator_metrics_port() const { return ReadPort(dir_ / "coordinator.metrics-port"); }
+int ServiceCluster::worker_metrics_port(int index) const {
+  return ReadPort(dir_ / absl::StrCat("worker-", index, ".metrics-port"));
 }
 
 std::vector<std::string> ServiceCluster::CliFlags() const {

@@ -40,6 +40,9 @@ class ServiceCluster {
   void KillWorker(int index, int signal = SIGKILL);
 
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  // The /metrics ports (loopback) of the coordinator and of worker-<index>.
+  int coordinator_metrics_port() const;
+  int worker_metrics_port(int index) const;
   const std::string& client_token() const { return client_token_; }
   const std::string& worker_token() const { return worker_token_; }
   const TempDir& dir() const { return dir_; }

@@ -14,6 +14,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "metrics/metrics_server.h"
+#include "metrics/training_metrics.h"
 #include "rpc/command_line.h"
 #include "rpc/security.h"
 #include "worker/worker_daemon.h"
@@ -32,7 +34,9 @@ constexpr char kUsage[] =
     "  --device cpu|cuda         (default cpu)   --gpus N   GPUs offered (cuda)\n"
     "  --threads N               threads per rank (default: all cores)\n"
     "  --trainer PATH            the saegrid binary (default: next to this one)\n"
-    "  --shutdown-grace S        on SIGTERM, time for ranks to write a final checkpoint (default 30)\n";
+    "  --shutdown-grace S        on SIGTERM, time for ranks to write a final checkpoint (default 30)\n"
+    "  --metrics-listen HOST:PORT  serve Prometheus /metrics here (default 0.0.0.0:9465; \"off\": none)\n"
+    "  --metrics-port-file FILE  write the bound metrics port here\n";
 
 int Fail(const std::string& message) {
   absl::FPrintF(stderr, "saegrid-worker: %s\n", message);
@@ -62,7 +66,8 @@ int main(int argc, char** argv) {
   char hostname[HOST_NAME_MAX + 1] = {};
   gethostname(hostname, HOST_NAME_MAX);
   std::string coordinator, worker_id = hostname, data_dir = "saegrid-worker", token_file, tls_ca, host, ports,
-                           device = "cpu", gpus = "0", threads = "0", trainer, grace = "30";
+                           device = "cpu", gpus = "0", threads = "0", trainer, grace = "30",
+                           metrics_listen = "0.0.0.0:9465", metrics_port_file;
   bool help = false;
   auto parsed = rpc::ParseFlags(argc - 1, argv + 1,
                                 {{"--coordinator", {&coordinator}},
@@ -77,6 +82,8 @@ int main(int argc, char** argv) {
                                  {"--threads", {&threads}},
                                  {"--trainer", {&trainer}},
                                  {"--shutdown-grace", {&grace}},
+                                 {"--metrics-listen", {&metrics_listen}},
+                                 {"--metrics-port-file", {&metrics_port_file}},
                                  {"--help", {nullptr, &help}}});
   if (help) {
     absl::FPrintF(stdout, "%s", kUsage);
@@ -116,7 +123,19 @@ int main(int argc, char** argv) {
   std::filesystem::create_directories(data_dir, ec);
   if (ec) return Fail(absl::StrCat("--data-dir: cannot create ", data_dir, ": ", ec.message()));
 
+  std::unique_ptr<metrics::MetricsServer> metrics_server;
+  std::unique_ptr<metrics::TrainingMetrics> training_metrics;
+  if (metrics_listen != "off") {
+    auto started = metrics::MetricsServer::Start(metrics_listen, "worker");
+    if (!started.ok()) return Fail(std::string(started.status().message()));
+    metrics_server = *std::move(started);
+    training_metrics = std::make_unique<metrics::TrainingMetrics>(metrics_server->registry());
+    if (!metrics_port_file.empty()) {
+      rpc::WriteFileAtomically(metrics_port_file, absl::StrCat(metrics_server->port(), "\n"));
+    }
+  }
   worker::WorkerSettings settings;
+  settings.metrics = training_metrics.get();
   settings.worker_id = worker_id;
   settings.data_dir = std::filesystem::absolute(data_dir).string();
   settings.trainer = trainer;

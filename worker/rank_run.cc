@@ -161,10 +161,20 @@ void RankRun::ReadMetrics(const std::string& path, int64_t* offset) {
     auto j = nlohmann::json::parse(line, nullptr, false);
     if (!j.is_object()) continue;
     if (j.contains("checkpoint")) {
-      new_checkpoints_.emplace_back(j["checkpoint"].get<std::string>(), j.value("step", int64_t{0}));
+      const std::string step_dir = j["checkpoint"].get<std::string>();
+      if (series_) {
+        int64_t bytes = 0;
+        std::error_code ec;
+        for (const auto& e : fs::recursive_directory_iterator(step_dir, ec)) {
+          if (e.is_regular_file(ec)) bytes += static_cast<int64_t>(e.file_size(ec));
+        }
+        series_->OnCheckpoint(j.value("seconds", 0.0), bytes);
+      }
+      if (assignment_.rank() == 0) new_checkpoints_.emplace_back(step_dir, j.value("step", int64_t{0}));
     } else if (j.contains("evaluation")) {
       evaluation_json_ = j["evaluation"].dump(2);
     } else if (j.contains("loss")) {
+      if (series_) series_->OnStep(j);
       progress_.set_step(j.value("step", int64_t{0}));
       progress_.set_total_steps(j.value("total_steps", int64_t{0}));
       progress_.set_tokens(j.value("tokens", int64_t{0}));
@@ -195,6 +205,7 @@ void RankRun::Report(v1::RankOutcome outcome, int exit_code, const std::string& 
   request.set_evaluation_json(evaluation_json_);
   request.set_final_step(progress_.step());
   request.set_final_tokens(progress_.tokens());
+  *request.mutable_final_progress() = progress_;
   grpc::Status status = Retry(
       [&](grpc::ClientContext* ctx) {
         v1::ReportResultResponse response;
@@ -205,10 +216,21 @@ void RankRun::Report(v1::RankOutcome outcome, int exit_code, const std::string& 
     std::fprintf(stderr, "saegrid-worker: result of %s rank %d not delivered: %s\n", assignment_.attempt_id().c_str(),
                  assignment_.rank(), status.error_message().c_str());
   }
+  if (settings_.metrics) {
+    std::string name = v1::RankOutcome_Name(outcome).substr(std::string("RANK_OUTCOME_").size());
+    for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    series_.reset();
+    settings_.metrics->RankEnded(name);
+  }
   finished_.store(true);
 }
 
 void RankRun::Run() {
+  if (settings_.metrics) {
+    settings_.metrics->RankStarted();
+    series_ = std::make_unique<metrics::TrainingMetrics::Rank>(settings_.metrics, assignment_.job_id(),
+                                                               assignment_.rank(), assignment_.resume_from().tokens());
+  }
   std::error_code ec;
   fs::remove_all(dir_, ec);
   const std::string out_dir = dir_ + "/out";
@@ -241,7 +263,7 @@ void RankRun::Run() {
   auto child = ChildProcess::Start(
       {settings_.trainer, "train", "--config", config, "--rank", std::to_string(assignment_.rank()), "--world-size",
        std::to_string(assignment_.world_size()), "--rendezvous", assignment_.rendezvous(), "--attempt",
-       assignment_.attempt_id(), "--metrics-jsonl", metrics, "--gather-checkpoints", "--quiet"},
+       assignment_.attempt_id(), "--metrics-jsonl", metrics, "--metrics-all-ranks", "--gather-checkpoints", "--quiet"},
       log, {{"SAEGRID_BIND_HOST", settings_.host}});
   if (!child.ok()) return Report(v1::RANK_OUTCOME_FAILED, -1, std::string(child.status().message()));
 
@@ -271,8 +293,8 @@ void RankRun::Run() {
       }
       if (stop_requested_ && absl::Now() >= kill_at_) child->Signal(SIGKILL);
     }
-    if (!leader) continue;
     ReadMetrics(metrics, &metrics_offset);
+    if (!leader) continue;
     if (!new_checkpoints_.empty()) upload_new();
     if (progress_.step() != reported_step && absl::Now() - last_report >= absl::Seconds(1)) {
       v1::ReportProgressRequest request;
@@ -288,10 +310,8 @@ void RankRun::Run() {
       last_report = absl::Now();
     }
   }
-  if (leader) {
-    ReadMetrics(metrics, &metrics_offset);
-    if (*exit_code == 0 || *exit_code == 130) upload_new();
-  }
+  ReadMetrics(metrics, &metrics_offset);
+  if (leader && (*exit_code == 0 || *exit_code == 130)) upload_new();
   const std::string tail = Tail(log, 2000);
   bool stop_was_requested;
   std::string stop_reason;

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "metrics/training_metrics.h"
 #include "saegrid/v1/worker_service.grpc.pb.h"
 
 namespace saegrid::worker {
@@ -23,6 +24,7 @@ struct WorkerSettings {
   std::string host;          // address peers reach this worker's ranks at
   std::string token;
   int threads = 0;           // per rank; 0: all cores
+  metrics::TrainingMetrics* metrics = nullptr;  // null: no /metrics
 };
 
 class RankRun {
@@ -62,6 +64,7 @@ class RankRun {
   v1::TrainingProgress progress_;
   std::string evaluation_json_;
   std::vector<std::pair<std::string, int64_t>> new_checkpoints_;
+  std::unique_ptr<metrics::TrainingMetrics::Rank> series_;
 };
 
 }  // namespace saegrid::worker

@@ -1,0 +1,136 @@
+#include "metrics/training_metrics.h"
+
+#include <string>
+
+namespace saegrid::metrics {
+namespace {
+
+using prometheus::Histogram;
+
+prometheus::Family<prometheus::Gauge>& Gauge(prometheus::Registry& r, const char* name, const char* help) {
+  return prometheus::BuildGauge().Name(name).Help(help).Register(r);
+}
+prometheus::Family<prometheus::Counter>& Counter(prometheus::Registry& r, const char* name, const char* help) {
+  return prometheus::BuildCounter().Name(name).Help(help).Register(r);
+}
+prometheus::Family<prometheus::Histogram>& Hist(prometheus::Registry& r, const char* name, const char* help) {
+  return prometheus::BuildHistogram().Name(name).Help(help).Register(r);
+}
+
+// Step and collective times span milliseconds (toy jobs) to tens of seconds (wide SAEs on CPU).
+const Histogram::BucketBoundaries kSecondsBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                     0.5,   1,      2.5,   5,    10,    30,   60};
+
+}  // namespace
+
+TrainingMetrics::TrainingMetrics(prometheus::Registry& r)
+    : fvu_(Gauge(r, "saegrid_training_fvu", "Fraction of variance unexplained of the last step (rank 0)")),
+      mse_(Gauge(r, "saegrid_training_mse", "Mean squared reconstruction error of the last step (rank 0)")),
+      l0_(Gauge(r, "saegrid_training_l0", "Mean active latents per token in the last step (rank 0)")),
+      auxk_(Gauge(r, "saegrid_training_auxk_loss", "AuxK loss of the last step (rank 0)")),
+      loss_(Gauge(r, "saegrid_training_loss", "Training objective of the last step (rank 0)")),
+      dead_fraction_(Gauge(r, "saegrid_training_dead_latents_ratio", "Fraction of latents that are dead (rank 0)")),
+      dead_(Gauge(r, "saegrid_training_dead_latents", "Number of dead latents (rank 0)")),
+      lr_(Gauge(r, "saegrid_training_learning_rate", "Learning rate of the last step (rank 0)")),
+      step_(Gauge(r, "saegrid_training_step", "Training steps completed")),
+      tokens_per_second_(Gauge(r, "saegrid_training_tokens_per_second", "Tokens per second of the last step")),
+      tokens_(Counter(r, "saegrid_training_tokens_total", "Tokens trained by this rank's gang since it started")),
+      overflow_(Counter(r, "saegrid_training_capacity_overflow_tokens_total",
+                        "Tokens whose top-k may have been truncated by the capacity factor (rank 0)")),
+      checkpoints_(Counter(r, "saegrid_checkpoint_writes_total", "Checkpoints written (rank 0)")),
+      checkpoint_bytes_(Counter(r, "saegrid_checkpoint_written_bytes_total", "Bytes of checkpoints written (rank 0)")),
+      step_seconds_(Hist(r, "saegrid_training_step_duration_seconds", "Duration of one training step")),
+      collective_seconds_(Hist(r, "saegrid_training_collective_duration_seconds",
+                               "Time per step in collectives, by collective")),
+      checkpoint_seconds_(Hist(r, "saegrid_checkpoint_write_duration_seconds", "Time to write one checkpoint")),
+      ranks_running_(Gauge(r, "saegrid_worker_ranks_running", "Training ranks this worker runs").Add({})),
+      rank_results_(Counter(r, "saegrid_worker_rank_results_total", "Ranks that ended on this worker, by outcome")) {}
+
+void TrainingMetrics::RankEnded(const std::string& outcome) {
+  ranks_running_.Decrement();
+  rank_results_.Add({{"outcome", outcome}}).Increment();
+}
+
+TrainingMetrics::Rank::Rank(TrainingMetrics* owner, const std::string& job_id, int rank, int64_t start_tokens)
+    : owner_(owner), leader_(rank == 0), tokens_seen_(start_tokens) {
+  const prometheus::Labels labels = {{"job_id", job_id}, {"rank", std::to_string(rank)}};
+  auto with = [&](const char* key, const char* value) {
+    prometheus::Labels l = labels;
+    l[key] = value;
+    return l;
+  };
+  step_ = &owner->step_.Add(labels);
+  tokens_per_second_ = &owner->tokens_per_second_.Add(labels);
+  tokens_ = &owner->tokens_.Add(labels);
+  step_seconds_ = &owner->step_seconds_.Add(labels, kSecondsBuckets);
+  allgather_ = &owner->collective_seconds_.Add(with("collective", "allgather"), kSecondsBuckets);
+  allreduce_ = &owner->collective_seconds_.Add(with("collective", "allreduce"), kSecondsBuckets);
+  if (!leader_) return;
+  fvu_ = &owner->fvu_.Add(labels);
+  mse_ = &owner->mse_.Add(labels);
+  l0_ = &owner->l0_.Add(labels);
+  auxk_ = &owner->auxk_.Add(labels);
+  loss_ = &owner->loss_.Add(labels);
+  dead_fraction_ = &owner->dead_fraction_.Add(labels);
+  dead_ = &owner->dead_.Add(labels);
+  lr_ = &owner->lr_.Add(labels);
+  overflow_ = &owner->overflow_.Add(labels);
+  checkpoints_ = &owner->checkpoints_.Add(labels);
+  checkpoint_bytes_ = &owner->checkpoint_bytes_.Add(labels);
+  checkpoint_seconds_ = &owner->checkpoint_seconds_.Add(labels, kSecondsBuckets);
+}
+
+TrainingMetrics::Rank::~Rank() {
+  auto& o = *owner_;
+  o.step_.Remove(step_);
+  o.tokens_per_second_.Remove(tokens_per_second_);
+  o.tokens_.Remove(tokens_);
+  o.step_seconds_.Remove(step_seconds_);
+  o.collective_seconds_.Remove(allgather_);
+  o.collective_seconds_.Remove(allreduce_);
+  if (!leader_) return;
+  o.fvu_.Remove(fvu_);
+  o.mse_.Remove(mse_);
+  o.l0_.Remove(l0_);
+  o.auxk_.Remove(auxk_);
+  o.loss_.Remove(loss_);
+  o.dead_fraction_.Remove(dead_fraction_);
+  o.dead_.Remove(dead_);
+  o.lr_.Remove(lr_);
+  o.overflow_.Remove(overflow_);
+  o.checkpoints_.Remove(checkpoints_);
+  o.checkpoint_bytes_.Remove(checkpoint_bytes_);
+  o.checkpoint_seconds_.Remove(checkpoint_seconds_);
+}
+
+void TrainingMetrics::Rank::OnStep(const nlohmann::json& s) {
+  step_->Set(s.value("step", 0.0));
+  tokens_per_second_->Set(s.value("tokens_per_second", 0.0));
+  const int64_t tokens = s.value("tokens", int64_t{0});
+  if (tokens > tokens_seen_) tokens_->Increment(static_cast<double>(tokens - tokens_seen_));
+  tokens_seen_ = std::max(tokens_seen_, tokens);
+  step_seconds_->Observe(s.value("step_seconds", 0.0));
+  if (s.contains("profile")) {
+    allgather_->Observe(s["profile"].value("allgather", 0.0));
+    allreduce_->Observe(s["profile"].value("allreduce", 0.0));
+  }
+  if (!leader_) return;
+  fvu_->Set(s.value("fvu", 0.0));
+  mse_->Set(s.value("mse", 0.0));
+  l0_->Set(s.value("l0", 0.0));
+  auxk_->Set(s.value("auxk_loss", 0.0));
+  loss_->Set(s.value("loss", 0.0));
+  dead_fraction_->Set(s.value("dead_fraction", 0.0));
+  dead_->Set(s.value("num_dead", 0.0));
+  lr_->Set(s.value("lr", 0.0));
+  overflow_->Increment(s.value("overflow_tokens", 0.0));
+}
+
+void TrainingMetrics::Rank::OnCheckpoint(double seconds, int64_t bytes) {
+  if (!leader_) return;
+  checkpoints_->Increment();
+  checkpoint_bytes_->Increment(static_cast<double>(bytes));
+  checkpoint_seconds_->Observe(seconds);
+}
+
+}  // namespace saegrid::metrics

@@ -1,0 +1,58 @@
+// Training figures of the ranks a worker runs, labelled job_id and rank (series are removed when
+// a rank ends, so cardinality stays bounded by what runs). Fed from each rank's
+// --metrics-jsonl lines.
+#pragma once
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <memory>
+#include <string>
+
+#include "nlohmann/json.hpp"
+
+namespace saegrid::metrics {
+
+class TrainingMetrics {
+ public:
+  explicit TrainingMetrics(prometheus::Registry& registry);
+
+  // The worker's own figures: ranks running, and ranks ended by outcome.
+  void RankStarted() { ranks_running_.Increment(); }
+  void RankEnded(const std::string& outcome);
+
+  // The series of one rank of one job; removed from the registry when destroyed.
+  class Rank {
+   public:
+    Rank(TrainingMetrics* owner, const std::string& job_id, int rank, int64_t start_tokens);
+    ~Rank();
+    // One `--metrics-jsonl` step line.
+    void OnStep(const nlohmann::json& step);
+    // A checkpoint of `bytes` written in `seconds`.
+    void OnCheckpoint(double seconds, int64_t bytes);
+
+   private:
+    TrainingMetrics* owner_;
+    bool leader_;
+    int64_t tokens_seen_;
+    prometheus::Gauge *fvu_ = nullptr, *mse_ = nullptr, *l0_ = nullptr, *auxk_ = nullptr, *loss_ = nullptr,
+                      *dead_fraction_ = nullptr, *dead_ = nullptr, *lr_ = nullptr, *step_ = nullptr,
+                      *tokens_per_second_ = nullptr;
+    prometheus::Counter *tokens_, *overflow_ = nullptr, *checkpoints_ = nullptr, *checkpoint_bytes_ = nullptr;
+    prometheus::Histogram *step_seconds_, *allgather_, *allreduce_, *checkpoint_seconds_ = nullptr;
+  };
+
+ private:
+  friend class Rank;
+  prometheus::Family<prometheus::Gauge>&fvu_, &mse_, &l0_, &auxk_, &loss_, &dead_fraction_, &dead_, &lr_, &step_,
+      &tokens_per_second_;
+  prometheus::Family<prometheus::Counter>&tokens_, &overflow_, &checkpoints_, &checkpoint_bytes_;
+  prometheus::Family<prometheus::Histogram>&step_seconds_, &collective_seconds_, &checkpoint_seconds_;
+  prometheus::Gauge& ranks_running_;
+  prometheus::Family<prometheus::Counter>& rank_results_;
+};
+
+}  // namespace saegrid::metrics

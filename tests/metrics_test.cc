@@ -1,0 +1,175 @@
+// Observability with real components: a coordinator and workers serving /metrics while a job
+// runs, Debian's Prometheus server scraping them on loopback, and promtool linting every
+// exposition. Metric values must agree with what the job itself reports.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "nlohmann/json.hpp"
+#include "tests/http_client.h"
+#include "tests/service_cluster.h"
+
+namespace saegrid {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::ServiceCluster;
+
+bool Terminal(const v1::Job& job) {
+  return job.state() == v1::JOB_STATE_SUCCEEDED || job.state() == v1::JOB_STATE_FAILED ||
+         job.state() == v1::JOB_STATE_CANCELLED;
+}
+
+// The value of the sample `name{labels}` in a text exposition ("" labels: no braces).
+std::optional<double> Sample(const std::string& exposition, const std::string& series) {
+  for (absl::string_view line : absl::StrSplit(exposition, '\n')) {
+    if (absl::StartsWith(line, series + " ")) {
+      double v;
+      if (absl::SimpleAtod(line.substr(series.size() + 1), &v)) return v;
+    }
+  }
+  return std::nullopt;
+}
+
+// A Prometheus server on loopback scraping `targets` every second, stopped with the object.
+class PrometheusServer {
+ public:
+  PrometheusServer(const testing::TempDir& dir, const std::vector<int>& targets) : port_(testing::FreeLoopbackPort()) {
+    std::string config =
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: saegrid\n"
+        "    static_configs:\n"
+        "      - targets: [";
+    for (size_t i = 0; i < targets.size(); ++i) config += absl::StrCat(i ? ", " : "", "'127.0.0.1:", targets[i], "'");
+    config += "]\n";
+    testing::WriteFile(dir / "prometheus.yml", config);
+    pid_ = testing::StartProcess({"/usr/bin/prometheus", "--config.file=" + dir / "prometheus.yml",
+                                  "--storage.tsdb.path=" + dir / "tsdb",
+                                  absl::StrCat("--web.listen-address=127.0.0.1:", port_)},
+                                 dir / "prometheus.log");
+    for (int i = 0; i < 300 && !testing::HttpGet(port_, "/-/ready"); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+  ~PrometheusServer() {
+    ::kill(pid_, SIGTERM);
+    testing::WaitProcess(pid_, 20);
+  }
+  // The result vector of an instant query.
+  nlohmann::json Query(const std::string& promql) const {
+    auto body = testing::HttpGet(port_, "/api/v1/query?query=" + testing::UrlEncode(promql));
+    if (!body) return nlohmann::json::array();
+    auto j = nlohmann::json::parse(*body, nullptr, false);
+    if (!j.is_object() || j.value("status", "") != "success") return nlohmann::json::array();
+    return j["data"]["result"];
+  }
+  int port() const { return port_; }
+
+ private:
+  int port_;
+  pid_t pid_;
+};
+
+std::string JobSpec() {
+  // A short dead threshold so that some latents die and the dead figures are not all zero.
+  return "name: observed\n"
+         "model: {architecture: topk, num_latents: 2048, k: 8, dead_tokens_threshold: 2560}\n"
+         "optimizer: {lr: 0.003}\n"
+         "data:\n"
+         "  synthetic: {num_samples: 65536, num_features: 128, d: 128, avg_active_features: 5, seed: 1}\n"
+         "  batch_size: 256\n"
+         "  block_rows: 256\n"
+         "  eval_max_tokens: 2048\n"
+         "training: {total_tokens: 102400, log_every_steps: 5}\n"
+         "parallelism: {shards: 2, capacity_factor: 2, timeout_seconds: 20}\n"
+         "checkpoint: {every_steps: 100}\n";
+}
+
+TEST(Metrics, PrometheusScrapesTheServiceAndFiguresAgree) {
+  ServiceCluster cluster;
+  const std::vector<int> targets = {cluster.coordinator_metrics_port(), cluster.worker_metrics_port(1),
+                                    cluster.worker_metrics_port(2)};
+  for (int port : targets) ASSERT_GT(port, 0) << cluster.Logs();
+  PrometheusServer prometheus(cluster.dir(), targets);
+  ASSERT_TRUE(testing::HttpGet(prometheus.port(), "/-/ready")) << testing::ReadFile(cluster.dir() / "prometheus.log");
+
+  testing::WriteFile(cluster.dir() / "job.yaml", JobSpec());
+  std::vector<std::string> submit = {SAEGRID_BINARY, "submit", cluster.dir() / "job.yaml", "--json"};
+  for (const auto& f : cluster.CliFlags()) submit.push_back(f);
+  ASSERT_EQ(testing::RunProcess(submit, cluster.dir() / "submit.out", 60), 0);
+  const std::string job_id = nlohmann::json::parse(testing::ReadLines(cluster.dir() / "submit.out").at(0))["job"]["job_id"];
+
+  // While it runs: every exposition passes promtool, and the workers export the rank series.
+  const v1::Job running = cluster.WaitFor(
+      job_id, [](const v1::Job& j) { return j.progress().step() >= 40 || Terminal(j); }, 120);
+  ASSERT_EQ(running.state(), v1::JOB_STATE_RUNNING) << cluster.Logs();
+  std::map<int, std::string> expositions;
+  for (int port : targets) {
+    auto body = testing::HttpGet(port, "/metrics");
+    ASSERT_TRUE(body) << "no /metrics on port " << port;
+    expositions[port] = *body;
+    const std::string file = cluster.dir() / absl::StrCat("metrics-", port, ".txt");
+    testing::WriteFile(file, *body);
+    const std::string lint = cluster.dir() / absl::StrCat("promtool-", port, ".log");
+    EXPECT_EQ(testing::RunProcess({"/bin/sh", "-c", "/usr/bin/promtool check metrics < " + file}, lint, 60), 0)
+        << testing::ReadFile(lint);
+    EXPECT_THAT(*body, HasSubstr("saegrid_build_info{"));
+    EXPECT_THAT(*body, ::testing::Not(HasSubstr("job=\"")));
+    EXPECT_THAT(*body, ::testing::Not(HasSubstr("instance=\"")));
+  }
+  const std::string& leader_worker = expositions[cluster.worker_metrics_port(cluster.WorkerOfRank(running, 0))];
+  const std::string rank0 = absl::StrFormat("{job_id=\"%s\",rank=\"0\"}", job_id);
+  EXPECT_TRUE(Sample(leader_worker, "saegrid_training_fvu" + rank0)) << leader_worker;
+  EXPECT_TRUE(Sample(leader_worker, "saegrid_training_step_duration_seconds_count" + rank0));
+  const std::string& other_worker = expositions[cluster.worker_metrics_port(cluster.WorkerOfRank(running, 1))];
+  EXPECT_TRUE(Sample(other_worker, absl::StrFormat("saegrid_training_collective_duration_seconds_count{collective=\"allgather\",job_id=\"%s\",rank=\"1\"}", job_id)))
+      << other_worker;
+  EXPECT_THAT(expositions[targets[0]], HasSubstr("saegrid_rpc_requests_total{"));
+
+  const v1::Job done = cluster.WaitFor(job_id, Terminal, 180);
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.message() << cluster.Logs();
+
+  // The coordinator's figures are the job's own: the dead fraction on /metrics equals the one in
+  // the final evaluation, and step and tokens match GetJob.
+  v1::GetEvaluationRequest er;
+  er.set_job_id(job_id);
+  v1::Evaluation evaluation;
+  ASSERT_TRUE(cluster.jobs().GetEvaluation(cluster.Context().get(), er, &evaluation).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // one coordinator tick
+  const auto coordinator = testing::HttpGet(targets[0], "/metrics");
+  ASSERT_TRUE(coordinator);
+  const std::string job = absl::StrFormat("{job_id=\"%s\"}", job_id);
+  const auto dead = Sample(*coordinator, "saegrid_job_dead_latents_ratio" + job);
+  ASSERT_TRUE(dead) << *coordinator;
+  EXPECT_GT(evaluation.dead_fraction(), 0) << "the spec makes some latents die";
+  EXPECT_NEAR(*dead, evaluation.dead_fraction(), 1e-12);
+  EXPECT_NEAR(*Sample(*coordinator, "saegrid_job_evaluation_dead_latents_ratio" + job), evaluation.dead_fraction(), 1e-12);
+  EXPECT_EQ(*Sample(*coordinator, "saegrid_job_step" + job), 400);
+  EXPECT_EQ(*Sample(*coordinator, "saegrid_job_tokens" + job), 102400);
+  EXPECT_EQ(*Sample(*coordinator, "saegrid_jobs{state=\"succeeded\"}"), 1);
+  EXPECT_EQ(*Sample(*coordinator, "saegrid_workers{state=\"idle\"}"), 2);
+  EXPECT_GE(*Sample(*coordinator, "saegrid_checkpoints_stored_total"), 4);
+
+  // Prometheus scraped all three targets and holds the series the dashboard needs.
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  const auto up = prometheus.Query("up == 1");
+  EXPECT_EQ(up.size(), 3u) << up.dump();
+  for (const std::string query :
+       {"saegrid_build_info", "saegrid_job_fvu", "saegrid_job_dead_latents_ratio", "saegrid_jobs", "saegrid_workers",
+        "max_over_time(saegrid_training_fvu[5m])", "sum(rate(saegrid_rpc_requests_total[1m]))",
+        "max_over_time(saegrid_training_step[5m])"}) {
+    const auto result = prometheus.Query(query);
+    EXPECT_FALSE(result.empty()) << query;
+  }
+  EXPECT_EQ(prometheus.Query("saegrid_build_info").size(), 3u);
+}
+
+}  // namespace
+}  // namespace saegrid
