@@ -25,6 +25,7 @@ const Figure kJobFigures[] = {
     {"saegrid_job_learning_rate", "Learning rate of the job's newest step"},
     {"saegrid_job_capacity_overflow_ratio", "Share of the newest step's tokens whose top-k hit the capacity factor"},
     {"saegrid_job_restarts", "Times the job's gang was restarted"},
+    {"saegrid_job_running", "1 while the job is RUNNING, else 0"},
     {"saegrid_job_progress_timestamp_seconds", "Unix time of the job's newest progress report"},
     {"saegrid_job_evaluation_fvu", "FVU of the job's final evaluation"},
     {"saegrid_job_evaluation_dead_latents_ratio", "Dead-latent fraction of the job's final evaluation"},
@@ -109,6 +110,7 @@ void CoordinatorMetrics::Refresh(const std::map<std::string, v1::Job>& jobs,
                              static_cast<double>(p.num_dead()), static_cast<double>(p.step()),
                              static_cast<double>(p.tokens()), static_cast<double>(job.tokens_consumed()),
                              p.tokens_per_second(), p.lr(), p.overflow_rate(), static_cast<double>(job.restarts()),
+                             job.state() == v1::JOB_STATE_RUNNING ? 1.0 : 0.0,
                              static_cast<double>(p.report_time().seconds()) + p.report_time().nanos() * 1e-9,
                              e ? e->fvu() : 0.0, e ? e->dead_fraction() : 0.0};
     static_assert(sizeof(values) / sizeof(values[0]) == sizeof(kJobFigures) / sizeof(kJobFigures[0]));

@@ -36,6 +36,8 @@ constexpr char kUsage[] =
     "  --reconnect-grace S         after a restart, time for running ranks to report (default 20)\n"
     "  --metrics-listen HOST:PORT  serve Prometheus /metrics here (default 0.0.0.0:9464; \"off\": none)\n"
     "  --metrics-port-file FILE    write the bound metrics port here\n"
+    "  --health-listen HOST:PORT   also serve the health service alone, in plaintext, here (for\n"
+    "                              Kubernetes gRPC probes when the API uses TLS)\n"
     "health service names: \"liveness\" (process up), \"readiness\" (state recovered, serving)\n";
 
 int Fail(const std::string& message) {
@@ -50,7 +52,8 @@ int main(int argc, char** argv) {
   sigset_t signals = rpc::BlockTerminationSignals();  // before gRPC starts any thread
   std::string listen = "127.0.0.1:50051", port_file, data_dir = "saegrid-data", client_token_file,
               worker_token_file, tls_cert, tls_key, heartbeat_interval = "1", heartbeat_timeout = "10",
-              restart_backoff = "1", reconnect_grace = "20", metrics_listen = "0.0.0.0:9464", metrics_port_file;
+              restart_backoff = "1", reconnect_grace = "20", metrics_listen = "0.0.0.0:9464", metrics_port_file,
+              health_listen;
   bool allow_unauthenticated = false, help = false;
   auto parsed = rpc::ParseFlags(argc - 1, argv + 1,
                                 {{"--listen", {&listen}},
@@ -67,6 +70,7 @@ int main(int argc, char** argv) {
                                  {"--reconnect-grace", {&reconnect_grace}},
                                  {"--metrics-listen", {&metrics_listen}},
                                  {"--metrics-port-file", {&metrics_port_file}},
+                                 {"--health-listen", {&health_listen}},
                                  {"--help", {nullptr, &help}}});
   if (help) {
     absl::FPrintF(stdout, "%s", kUsage);
@@ -134,11 +138,22 @@ int main(int argc, char** argv) {
   builder.RegisterService(&worker_service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) return Fail(absl::StrCat("cannot listen on ", listen));
-  auto* health = server->GetHealthCheckService();
-  health->SetServingStatus("liveness", true);
-  health->SetServingStatus("readiness", true);
-  health->SetServingStatus("saegrid.v1.JobService", true);
-  health->SetServingStatus("saegrid.v1.WorkerService", true);
+  std::unique_ptr<grpc::Server> health_server;
+  if (!health_listen.empty()) {
+    grpc::ServerBuilder health_builder;
+    int health_port = 0;
+    health_builder.AddListeningPort(health_listen, grpc::InsecureServerCredentials(), &health_port);
+    health_server = health_builder.BuildAndStart();
+    if (!health_server || health_port == 0) return Fail(absl::StrCat("--health-listen: cannot listen on ", health_listen));
+  }
+  auto set_health = [&](const char* name, bool serving) {
+    for (grpc::Server* s : {server.get(), health_server.get()}) {
+      if (s != nullptr) s->GetHealthCheckService()->SetServingStatus(name, serving);
+    }
+  };
+  for (const char* name : {"liveness", "readiness", "saegrid.v1.JobService", "saegrid.v1.WorkerService"}) {
+    set_health(name, true);
+  }
   if (!port_file.empty()) rpc::WriteFileAtomically(port_file, absl::StrCat(port, "\n"));
   absl::FPrintF(stdout, "saegrid-coordinator: serving on port %d (data %s%s), metrics on %s\n", port, data_dir,
                 tls_cert.empty() ? "" : ", TLS",
@@ -152,9 +167,10 @@ int main(int argc, char** argv) {
   int signal = 0;
   sigwait(&signals, &signal);
   absl::FPrintF(stdout, "saegrid-coordinator: signal %d, shutting down\n", signal);
-  health->SetServingStatus("readiness", false);
+  set_health("readiness", false);
   stopping.Notify();
   ticker.join();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (health_server) health_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   return 0;
 }

@@ -16,7 +16,10 @@ packages=(
   # config parsing and tests
   nlohmann-json3-dev libyaml-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev
   # helpers used by scripts and tests
-  python3 python3-numpy python3-grpcio python3-protobuf jq
+  python3 python3-numpy python3-grpcio python3-protobuf python3-kubernetes python3-yaml jq
+  # deployment checks: promtool (prometheus), docker-compose config; `kubectl kustomize` uses the
+  # kubectl of the base image (not in Debian's archive)
+  docker-compose
 )
 
 missing=()

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
 #include <map>
 #include <thread>
 
@@ -12,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
+#include "yaml-cpp/yaml.h"
 #include "tests/http_client.h"
 #include "tests/service_cluster.h"
 
@@ -43,6 +45,7 @@ class PrometheusServer {
   PrometheusServer(const testing::TempDir& dir, const std::vector<int>& targets) : port_(testing::FreeLoopbackPort()) {
     std::string config =
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "rule_files: ['" + std::string(SAEGRID_SOURCE_DIR) + "/deploy/prometheus/alerts.yml']\n"
         "scrape_configs:\n"
         "  - job_name: saegrid\n"
         "    static_configs:\n"
@@ -62,12 +65,17 @@ class PrometheusServer {
     ::kill(pid_, SIGTERM);
     testing::WaitProcess(pid_, 20);
   }
-  // The result vector of an instant query.
-  nlohmann::json Query(const std::string& promql) const {
+  // The whole answer of an instant query ({"status": ..., "data": {"result": [...]}}).
+  nlohmann::json Answer(const std::string& promql) const {
     auto body = testing::HttpGet(port_, "/api/v1/query?query=" + testing::UrlEncode(promql));
-    if (!body) return nlohmann::json::array();
+    if (!body) return nlohmann::json::object();
     auto j = nlohmann::json::parse(*body, nullptr, false);
-    if (!j.is_object() || j.value("status", "") != "success") return nlohmann::json::array();
+    return j.is_object() ? j : nlohmann::json::object();
+  }
+  // The result vector of an instant query (empty on error).
+  nlohmann::json Query(const std::string& promql) const {
+    auto j = Answer(promql);
+    if (j.value("status", "") != "success") return nlohmann::json::array();
     return j["data"]["result"];
   }
   int port() const { return port_; }
@@ -87,7 +95,7 @@ std::string JobSpec() {
          "  batch_size: 256\n"
          "  block_rows: 256\n"
          "  eval_max_tokens: 2048\n"
-         "training: {total_tokens: 102400, log_every_steps: 5}\n"
+         "training: {total_tokens: 256000, log_every_steps: 5}\n"
          "parallelism: {shards: 2, capacity_factor: 2, timeout_seconds: 20}\n"
          "checkpoint: {every_steps: 100}\n";
 }
@@ -108,7 +116,7 @@ TEST(Metrics, PrometheusScrapesTheServiceAndFiguresAgree) {
 
   // While it runs: every exposition passes promtool, and the workers export the rank series.
   const v1::Job running = cluster.WaitFor(
-      job_id, [](const v1::Job& j) { return j.progress().step() >= 40 || Terminal(j); }, 120);
+      job_id, [](const v1::Job& j) { return j.progress().step() >= 150 || Terminal(j); }, 120);
   ASSERT_EQ(running.state(), v1::JOB_STATE_RUNNING) << cluster.Logs();
   std::map<int, std::string> expositions;
   for (int port : targets) {
@@ -133,6 +141,40 @@ TEST(Metrics, PrometheusScrapesTheServiceAndFiguresAgree) {
       << other_worker;
   EXPECT_THAT(expositions[targets[0]], HasSubstr("saegrid_rpc_requests_total{"));
 
+  // Every query of the dashboard returns data while the job runs (after a few scrapes).
+  std::this_thread::sleep_for(std::chrono::seconds(4));
+  std::ifstream dashboard_file(std::string(SAEGRID_SOURCE_DIR) + "/deploy/grafana/dashboards/saegrid.json");
+  const auto dashboard = nlohmann::json::parse(dashboard_file);
+  int queries = 0;
+  for (const auto& panel : dashboard["panels"]) {
+    for (const auto& target : panel["targets"]) {
+      std::string expr = target["expr"];
+      for (size_t at; (at = expr.find("$job_id")) != std::string::npos;) expr.replace(at, 7, job_id);
+      const auto result = prometheus.Query(expr);
+      EXPECT_FALSE(result.empty()) << panel["title"] << ": " << expr;
+      ++queries;
+    }
+  }
+  EXPECT_GE(queries, 15);
+  EXPECT_EQ(cluster.GetJob(job_id).state(), v1::JOB_STATE_RUNNING) << "the queries must see a running job";
+  // Every alert rule parses and evaluates: as a query, and as a loaded rule in good health.
+  const YAML::Node rules = YAML::LoadFile(std::string(SAEGRID_SOURCE_DIR) + "/deploy/prometheus/alerts.yml");
+  int alerts = 0;
+  for (const auto& group : rules["groups"]) {
+    for (const auto& rule : group["rules"]) {
+      const auto answer = prometheus.Answer(rule["expr"].as<std::string>());
+      EXPECT_EQ(answer.value("status", ""), "success") << rule["alert"].as<std::string>() << ": " << answer.dump();
+      ++alerts;
+    }
+  }
+  EXPECT_GE(alerts, 4);
+  const auto loaded = nlohmann::json::parse(testing::HttpGet(prometheus.port(), "/api/v1/rules").value_or("{}"));
+  int healthy = 0;
+  for (const auto& group : loaded["data"]["groups"]) {
+    for (const auto& rule : group["rules"]) healthy += rule.value("health", "") == "ok" ? 1 : 0;
+  }
+  EXPECT_EQ(healthy, alerts) << loaded.dump();
+
   const v1::Job done = cluster.WaitFor(job_id, Terminal, 180);
   ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.message() << cluster.Logs();
 
@@ -151,8 +193,8 @@ TEST(Metrics, PrometheusScrapesTheServiceAndFiguresAgree) {
   EXPECT_GT(evaluation.dead_fraction(), 0) << "the spec makes some latents die";
   EXPECT_NEAR(*dead, evaluation.dead_fraction(), 1e-12);
   EXPECT_NEAR(*Sample(*coordinator, "saegrid_job_evaluation_dead_latents_ratio" + job), evaluation.dead_fraction(), 1e-12);
-  EXPECT_EQ(*Sample(*coordinator, "saegrid_job_step" + job), 400);
-  EXPECT_EQ(*Sample(*coordinator, "saegrid_job_tokens" + job), 102400);
+  EXPECT_EQ(*Sample(*coordinator, "saegrid_job_step" + job), 1000);
+  EXPECT_EQ(*Sample(*coordinator, "saegrid_job_tokens" + job), 256000);
   EXPECT_EQ(*Sample(*coordinator, "saegrid_jobs{state=\"succeeded\"}"), 1);
   EXPECT_EQ(*Sample(*coordinator, "saegrid_workers{state=\"idle\"}"), 2);
   EXPECT_GE(*Sample(*coordinator, "saegrid_checkpoints_stored_total"), 4);

@@ -50,6 +50,7 @@ void ServiceCluster::StartCoordinator() {
        absl::StrCat(options_.restart_backoff), "--reconnect-grace", absl::StrCat(options_.reconnect_grace),
        "--metrics-listen", "127.0.0.1:0", "--metrics-port-file", dir_ / "coordinator.metrics-port"};
   argv.insert(argv.end(), tls.begin(), tls.end());
+  if (options_.health_port > 0) argv.push_back(absl::StrCat("--health-listen=127.0.0.1:", options_.health_port));
   coordinator_ = StartProcess(argv, dir_ / "coordinator.log");
   for (int i = 0; i < 200 && !std::filesystem::exists(port_file); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));

@@ -26,6 +26,7 @@ struct ClusterOptions {
   double reconnect_grace = 15;
   int threads_per_rank = 1;
   bool tls = false;  // a self-signed certificate for 127.0.0.1; workers and stubs trust it
+  int health_port = 0;  // > 0: the coordinator also serves the health service alone here
 };
 
 class ServiceCluster {

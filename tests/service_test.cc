@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "nlohmann/json.hpp"
 #include "rpc/sha256.h"
+#include "tests/http_client.h"
 #include "tests/service_cluster.h"
 
 namespace saegrid {
@@ -239,6 +240,7 @@ TEST(Service, IdempotentSubmitPaginationAndPendingReason) {
 TEST(Service, BadRequestsGetTheRightStatusCodes) {
   testing::ClusterOptions options;
   options.workers = 0;
+  options.health_port = testing::FreeLoopbackPort();
   ServiceCluster cluster(options);
   v1::SubmitJobRequest bad;
   bad.set_request_id("bad");
@@ -320,9 +322,11 @@ TEST(Service, BadRequestsGetTheRightStatusCodes) {
   EXPECT_EQ(cluster.jobs().CancelJob(cluster.Context().get(), cancel, &job).error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);
 
-  // Health: liveness and readiness are SERVING; an unknown name is NOT_FOUND.
-  auto health = grpc::CreateChannel(cluster.address(), grpc::InsecureChannelCredentials());
+  // Health: liveness and readiness are SERVING, on the API port and on the plaintext health port
+  // (what Kubernetes probes); an unknown name is NOT_FOUND.
+  for (const std::string address : {cluster.address(), absl::StrCat("127.0.0.1:", options.health_port)})
   for (const std::string name : {"liveness", "readiness", "unknown"}) {
+    auto health = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
     grpc::ClientContext hctx;
     grpc::ByteBuffer request_buffer, response_buffer;
     // grpc.health.v1.HealthCheckRequest{service = name}: field 1, length-delimited.
