@@ -23,10 +23,7 @@ namespace {
 using ::testing::HasSubstr;
 using testing::ServiceCluster;
 
-bool Terminal(const v1::Job& job) {
-  return job.state() == v1::JOB_STATE_SUCCEEDED || job.state() == v1::JOB_STATE_FAILED ||
-         job.state() == v1::JOB_STATE_CANCELLED;
-}
+using testing::Terminal;
 
 // The value of the sample `name{labels}` in a text exposition ("" labels: no braces).
 std::optional<double> Sample(const std::string& exposition, const std::string& series) {

@@ -86,6 +86,12 @@ v1::Job ServiceCluster::WaitFor(const std::string& job_id, Predicate done, doubl
   return job;
 }
 
+// SUCCEEDED, FAILED or CANCELLED.
+inline bool Terminal(const v1::Job& job) {
+  return job.state() == v1::JOB_STATE_SUCCEEDED || job.state() == v1::JOB_STATE_FAILED ||
+         job.state() == v1::JOB_STATE_CANCELLED;
+}
+
 // A small TopK job over synthetic data (YAML); `steps` steps of batch 256, a checkpoint every
 // `every` steps.
 std::string SmallJobSpec(int shards, int steps, int every, int d = 64, int latents = 512);

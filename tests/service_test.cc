@@ -26,10 +26,7 @@ namespace {
 using ::testing::HasSubstr;
 using testing::ServiceCluster;
 
-bool Terminal(const v1::Job& job) {
-  return job.state() == v1::JOB_STATE_SUCCEEDED || job.state() == v1::JOB_STATE_FAILED ||
-         job.state() == v1::JOB_STATE_CANCELLED;
-}
+using testing::Terminal;
 
 std::string StateName(v1::JobState s) { return v1::JobState_Name(s); }
 
