@@ -376,8 +376,10 @@ absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1:
   for (const auto& r : request.running()) {
     const bool wanted = w.slot && w.slot->attempt_id == r.attempt_id() && w.slot->rank == r.rank();
     if (wanted) {
-      auto& rt = runtime_[r.job_id()];
-      if (r.rank() < static_cast<int>(rt.rank_running.size())) rt.rank_running[r.rank()] = true;
+      auto rt = runtime_.find(w.slot->job_id);
+      if (rt != runtime_.end() && r.rank() >= 0 && r.rank() < static_cast<int>(rt->second.rank_running.size())) {
+        rt->second.rank_running[r.rank()] = true;
+      }
     } else {
       w.draining.push_back(RankSlot{r.job_id(), r.attempt_id(), r.rank()});
       response.add_stop_attempt_ids(r.attempt_id());
@@ -414,9 +416,13 @@ absl::StatusOr<v1::WorkerCommands> Coordinator::Heartbeat(const v1::WorkerHeartb
     stop->set_attempt_id(d.attempt_id);
   }
   w.draining = std::move(still_draining);
+  auto rt_it = w.slot ? runtime_.find(w.slot->job_id) : runtime_.end();
+  if (w.slot && (rt_it == runtime_.end() || w.slot->rank >= static_cast<int>(rt_it->second.rank_running.size()))) {
+    w.slot.reset();  // a slot without a live attempt behind it: nothing to run
+  }
   if (w.slot) {
     v1::Job& job = jobs_[w.slot->job_id];
-    auto& rt = runtime_[w.slot->job_id];
+    auto& rt = rt_it->second;
     const auto& attempt = job.attempts(job.attempts_size() - 1);
     const int rank = w.slot->rank;
     if (runs(w.slot->attempt_id)) {
@@ -560,7 +566,7 @@ absl::Status Coordinator::ReportResult(const v1::ReportResultRequest& r) {
   const bool current = job.attempts_size() > 0 && job.attempts(job.attempts_size() - 1).attempt_id() == r.attempt_id();
   if (w.slot && w.slot->attempt_id == r.attempt_id()) w.slot.reset();
   if (!current || !HasLiveAttempt(job.state())) return absl::OkStatus();  // a torn-down attempt ending
-  auto& rt = runtime_[job.job_id()];
+  auto& rt = runtime_[job.job_id()];  // exists: the attempt is live
   if (r.rank() >= 0 && r.rank() < static_cast<int>(rt.rank_done.size())) rt.rank_done[r.rank()] = true;
   const std::string where = absl::StrCat("rank ", r.rank(), " on ", r.worker_id());
   switch (OutcomeOf(r)) {
