@@ -52,55 +52,36 @@ void TrainingMetrics::RankEnded(const std::string& outcome) {
 }
 
 TrainingMetrics::Rank::Rank(TrainingMetrics* owner, const std::string& job_id, int rank, int64_t start_tokens)
-    : owner_(owner), leader_(rank == 0), tokens_seen_(start_tokens) {
+    : leader_(rank == 0), tokens_seen_(start_tokens) {
   const prometheus::Labels labels = {{"job_id", job_id}, {"rank", std::to_string(rank)}};
   auto with = [&](const char* key, const char* value) {
     prometheus::Labels l = labels;
     l[key] = value;
     return l;
   };
-  step_ = &owner->step_.Add(labels);
-  tokens_per_second_ = &owner->tokens_per_second_.Add(labels);
-  tokens_ = &owner->tokens_.Add(labels);
-  step_seconds_ = &owner->step_seconds_.Add(labels, kSecondsBuckets);
-  allgather_ = &owner->collective_seconds_.Add(with("collective", "allgather"), kSecondsBuckets);
-  allreduce_ = &owner->collective_seconds_.Add(with("collective", "allreduce"), kSecondsBuckets);
+  step_ = Track(owner->step_, labels);
+  tokens_per_second_ = Track(owner->tokens_per_second_, labels);
+  tokens_ = Track(owner->tokens_, labels);
+  step_seconds_ = Track(owner->step_seconds_, labels, kSecondsBuckets);
+  allgather_ = Track(owner->collective_seconds_, with("collective", "allgather"), kSecondsBuckets);
+  allreduce_ = Track(owner->collective_seconds_, with("collective", "allreduce"), kSecondsBuckets);
   if (!leader_) return;
-  fvu_ = &owner->fvu_.Add(labels);
-  mse_ = &owner->mse_.Add(labels);
-  l0_ = &owner->l0_.Add(labels);
-  auxk_ = &owner->auxk_.Add(labels);
-  loss_ = &owner->loss_.Add(labels);
-  dead_fraction_ = &owner->dead_fraction_.Add(labels);
-  dead_ = &owner->dead_.Add(labels);
-  lr_ = &owner->lr_.Add(labels);
-  overflow_ = &owner->overflow_.Add(labels);
-  checkpoints_ = &owner->checkpoints_.Add(labels);
-  checkpoint_bytes_ = &owner->checkpoint_bytes_.Add(labels);
-  checkpoint_seconds_ = &owner->checkpoint_seconds_.Add(labels, kSecondsBuckets);
+  fvu_ = Track(owner->fvu_, labels);
+  mse_ = Track(owner->mse_, labels);
+  l0_ = Track(owner->l0_, labels);
+  auxk_ = Track(owner->auxk_, labels);
+  loss_ = Track(owner->loss_, labels);
+  dead_fraction_ = Track(owner->dead_fraction_, labels);
+  dead_ = Track(owner->dead_, labels);
+  lr_ = Track(owner->lr_, labels);
+  overflow_ = Track(owner->overflow_, labels);
+  checkpoints_ = Track(owner->checkpoints_, labels);
+  checkpoint_bytes_ = Track(owner->checkpoint_bytes_, labels);
+  checkpoint_seconds_ = Track(owner->checkpoint_seconds_, labels, kSecondsBuckets);
 }
 
 TrainingMetrics::Rank::~Rank() {
-  auto& o = *owner_;
-  o.step_.Remove(step_);
-  o.tokens_per_second_.Remove(tokens_per_second_);
-  o.tokens_.Remove(tokens_);
-  o.step_seconds_.Remove(step_seconds_);
-  o.collective_seconds_.Remove(allgather_);
-  o.collective_seconds_.Remove(allreduce_);
-  if (!leader_) return;
-  o.fvu_.Remove(fvu_);
-  o.mse_.Remove(mse_);
-  o.l0_.Remove(l0_);
-  o.auxk_.Remove(auxk_);
-  o.loss_.Remove(loss_);
-  o.dead_fraction_.Remove(dead_fraction_);
-  o.dead_.Remove(dead_);
-  o.lr_.Remove(lr_);
-  o.overflow_.Remove(overflow_);
-  o.checkpoints_.Remove(checkpoints_);
-  o.checkpoint_bytes_.Remove(checkpoint_bytes_);
-  o.checkpoint_seconds_.Remove(checkpoint_seconds_);
+  for (auto it = removals_.rbegin(); it != removals_.rend(); ++it) (*it)();
 }
 
 void TrainingMetrics::Rank::OnStep(const nlohmann::json& s) {

@@ -9,8 +9,11 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "nlohmann/json.hpp"
 
@@ -35,7 +38,15 @@ class TrainingMetrics {
     void OnCheckpoint(double seconds, int64_t bytes);
 
    private:
-    TrainingMetrics* owner_;
+    // Adds the series to `family` and remembers to remove it when the rank ends.
+    template <typename T, typename... Args>
+    T* Track(prometheus::Family<T>& family, const prometheus::Labels& labels, Args&&... args) {
+      T* metric = &family.Add(labels, std::forward<Args>(args)...);
+      removals_.push_back([&family, metric] { family.Remove(metric); });
+      return metric;
+    }
+
+    std::vector<std::function<void()>> removals_;
     bool leader_;
     int64_t tokens_seen_;
     prometheus::Gauge *fvu_ = nullptr, *mse_ = nullptr, *l0_ = nullptr, *auxk_ = nullptr, *loss_ = nullptr,

@@ -177,10 +177,7 @@ TEST(Metrics, PrometheusScrapesTheServiceAndFiguresAgree) {
 
   // The coordinator's figures are the job's own: the dead fraction on /metrics equals the one in
   // the final evaluation, and step and tokens match GetJob.
-  v1::GetEvaluationRequest er;
-  er.set_job_id(job_id);
-  v1::Evaluation evaluation;
-  ASSERT_TRUE(cluster.jobs().GetEvaluation(cluster.Context().get(), er, &evaluation).ok());
+  const v1::Evaluation evaluation = cluster.Evaluation(job_id);
   std::this_thread::sleep_for(std::chrono::milliseconds(500));  // one coordinator tick
   const auto coordinator = testing::HttpGet(targets[0], "/metrics");
   ASSERT_TRUE(coordinator);

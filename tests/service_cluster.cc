@@ -137,6 +137,24 @@ v1::Job ServiceCluster::GetJob(const std::string& job_id) {
   return job;
 }
 
+v1::ListCheckpointsResponse ServiceCluster::Checkpoints(const std::string& job_id) {
+  v1::ListCheckpointsRequest request;
+  request.set_job_id(job_id);
+  v1::ListCheckpointsResponse response;
+  grpc::Status status = jobs_->ListCheckpoints(Context().get(), request, &response);
+  EXPECT_TRUE(status.ok()) << "ListCheckpoints(" << job_id << "): " << status.error_message();
+  return response;
+}
+
+v1::Evaluation ServiceCluster::Evaluation(const std::string& job_id) {
+  v1::GetEvaluationRequest request;
+  request.set_job_id(job_id);
+  v1::Evaluation response;
+  grpc::Status status = jobs_->GetEvaluation(Context().get(), request, &response);
+  EXPECT_TRUE(status.ok()) << "GetEvaluation(" << job_id << "): " << status.error_message();
+  return response;
+}
+
 int ServiceCluster::WorkerOfRank(const v1::Job& job, int rank) const {
   if (job.attempts_size() == 0) return -1;
   const auto& a = job.attempts(job.attempts_size() - 1);

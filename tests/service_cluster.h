@@ -59,6 +59,9 @@ class ServiceCluster {
   template <typename Predicate>
   v1::Job WaitFor(const std::string& job_id, Predicate done, double timeout_s);
   v1::Job GetJob(const std::string& job_id);
+  // The job's checkpoints and evaluation; a failed call fails the test.
+  v1::ListCheckpointsResponse Checkpoints(const std::string& job_id);
+  v1::Evaluation Evaluation(const std::string& job_id);
   // The worker running `rank` of the job's current attempt (index for KillWorker), or -1.
   int WorkerOfRank(const v1::Job& job, int rank) const;
   std::string Logs() const;  // coordinator and worker logs, for failure messages

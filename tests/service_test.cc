@@ -111,10 +111,7 @@ TEST(Service, SubmitWatchDownloadAndEvaluate) {
   EXPECT_EQ(job.latest_checkpoint_step(), 150);
 
   // Checkpoints every 50 steps, the last final; download the newest with the CLI.
-  v1::ListCheckpointsRequest lr;
-  lr.set_job_id(job_id);
-  v1::ListCheckpointsResponse list;
-  ASSERT_TRUE(cluster.jobs().ListCheckpoints(cluster.Context().get(), lr, &list).ok());
+  const v1::ListCheckpointsResponse list = cluster.Checkpoints(job_id);
   std::vector<int64_t> steps;
   for (const auto& c : list.checkpoints()) steps.push_back(c.step());
   EXPECT_THAT(steps, ::testing::ElementsAre(50, 100, 150));
@@ -132,10 +129,7 @@ TEST(Service, SubmitWatchDownloadAndEvaluate) {
 
   // The evaluation over gRPC, and the downloaded checkpoint loads and evaluates to the same FVU:
   // `saegrid train` resumes it at its final step and only evaluates.
-  v1::GetEvaluationRequest er;
-  er.set_job_id(job_id);
-  v1::Evaluation evaluation;
-  ASSERT_TRUE(cluster.jobs().GetEvaluation(cluster.Context().get(), er, &evaluation).ok());
+  const v1::Evaluation evaluation = cluster.Evaluation(job_id);
   EXPECT_EQ(evaluation.step(), 150);
   EXPECT_GT(evaluation.fvu(), 0);
   EXPECT_LT(evaluation.fvu(), 1);
@@ -366,10 +360,7 @@ TEST(Service, CancelMidRunEndsCancelledWithAFinalCheckpoint) {
   const v1::Job done = cluster.WaitFor(job_id, Terminal, 120);
   ASSERT_EQ(done.state(), v1::JOB_STATE_CANCELLED) << done.message() << cluster.Logs();
   EXPECT_THAT(done.message(), HasSubstr("final checkpoint at step"));
-  v1::ListCheckpointsRequest lr;
-  lr.set_job_id(job_id);
-  v1::ListCheckpointsResponse list;
-  ASSERT_TRUE(cluster.jobs().ListCheckpoints(cluster.Context().get(), lr, &list).ok());
+  const v1::ListCheckpointsResponse list = cluster.Checkpoints(job_id);
   ASSERT_EQ(list.checkpoints_size(), 1);  // every_steps 0: only the final one
   EXPECT_TRUE(list.checkpoints(0).final());
   EXPECT_GE(list.checkpoints(0).step(), 10);
@@ -443,10 +434,7 @@ TEST(Service, CoordinatorKilledMidRunLosesNothing) {
     EXPECT_EQ(events_after[i].sequence(), events_before[i].sequence());
     EXPECT_EQ(events_after[i].message(), events_before[i].message());
   }
-  v1::ListCheckpointsRequest lr;
-  lr.set_job_id(job_id);
-  v1::ListCheckpointsResponse list;
-  ASSERT_TRUE(cluster.jobs().ListCheckpoints(cluster.Context().get(), lr, &list).ok());
+  const v1::ListCheckpointsResponse list = cluster.Checkpoints(job_id);
   EXPECT_EQ(list.checkpoints(list.checkpoints_size() - 1).step(), steps);
   EXPECT_GE(list.checkpoints_size(), steps / 50);
 }
@@ -466,10 +454,7 @@ TEST(Service, CheckpointThatFailsToRestoreIsMarkedBadAndThePreviousOneUsed) {
   const v1::Job restarting =
       cluster.WaitFor(job_id, [](const v1::Job& j) { return j.state() != v1::JOB_STATE_RUNNING; }, 60);
   ASSERT_EQ(restarting.state(), v1::JOB_STATE_RESTARTING) << restarting.message() << cluster.Logs();
-  v1::ListCheckpointsRequest lr;
-  lr.set_job_id(job_id);
-  v1::ListCheckpointsResponse list;
-  ASSERT_TRUE(cluster.jobs().ListCheckpoints(cluster.Context().get(), lr, &list).ok());
+  const v1::ListCheckpointsResponse list = cluster.Checkpoints(job_id);
   ASSERT_GE(list.checkpoints_size(), 2);
   const int64_t corrupted = list.checkpoints(list.checkpoints_size() - 1).step();
   const int64_t previous = list.checkpoints(list.checkpoints_size() - 2).step();
@@ -610,10 +595,7 @@ TEST(Service, WorkerProtocolRejectsBadUploadsAndFinishesOnResult) {
   EXPECT_EQ(upload(true, payload.size() + 5, sha, payload, &uploaded).error_code(), grpc::StatusCode::DATA_LOSS);
   EXPECT_EQ(upload(false, 0, "", payload, &uploaded).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(upload(true, payload.size(), "short", payload, &uploaded).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  v1::ListCheckpointsRequest lr;
-  lr.set_job_id(job_id);
-  v1::ListCheckpointsResponse list;
-  ASSERT_TRUE(cluster.jobs().ListCheckpoints(cluster.Context().get(), lr, &list).ok());
+  const v1::ListCheckpointsResponse list = cluster.Checkpoints(job_id);
   EXPECT_EQ(list.checkpoints_size(), 0) << "no refused upload is stored";
   ASSERT_TRUE(upload(true, payload.size(), sha, payload, &uploaded).ok());
   EXPECT_EQ(uploaded.checkpoint().sha256(), sha);
@@ -666,10 +648,7 @@ TEST(Service, WorkerProtocolRejectsBadUploadsAndFinishesOnResult) {
   const v1::Job done = cluster.GetJob(job_id);
   EXPECT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(done.tokens_consumed(), 8192);
-  v1::GetEvaluationRequest er;
-  er.set_job_id(job_id);
-  v1::Evaluation evaluation;
-  ASSERT_TRUE(cluster.jobs().GetEvaluation(cluster.Context().get(), er, &evaluation).ok());
+  const v1::Evaluation evaluation = cluster.Evaluation(job_id);
   EXPECT_DOUBLE_EQ(evaluation.fvu(), 0.25);
   EXPECT_DOUBLE_EQ(evaluation.dead_fraction(), 0.125);
   stream->WritesDone();
