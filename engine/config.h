@@ -13,6 +13,8 @@ enum class Architecture { kTopK, kReLU };
 enum class InputNormalization { kNone, kLayerNorm };
 enum class DecoderInit { kRandomUnit, kOrthogonal };
 enum class LrDecay { kNone, kLinear };
+// The encoder matmul's dtype; master weights, optimizer state and the sparse ops stay float32.
+enum class ComputeDtype { kFloat32, kBFloat16 };
 
 struct ModelConfig {
   Architecture architecture = Architecture::kTopK;
@@ -29,6 +31,9 @@ struct ModelConfig {
   double auxk_alpha = 1.0 / 32.0;
   int64_t dead_tokens_threshold = 10'000'000;  // a latent silent for this many tokens is dead
   double l1_coefficient = 1e-3;                // ReLU SAE only
+  ComputeDtype compute_dtype = ComputeDtype::kFloat32;
+  // Latents per encoder chunk of the sparse TopK step (0: about 64 MiB of pre-activations).
+  int64_t encoder_chunk_latents = 0;
 };
 
 struct OptimizerConfig {

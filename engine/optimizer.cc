@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/fused_adam.h"
+
 namespace saegrid {
 
 Adam::Adam(std::vector<torch::Tensor> params, const OptimizerConfig& config)
@@ -29,6 +31,39 @@ void Adam::Step(double lr) {
     const auto denom = (exp_avg_sq_[i].sqrt() / bias2_sqrt).add_(config_.eps);
     params_[i].addcdiv_(exp_avg_[i], denom, -lr / bias1);
   }
+}
+
+std::vector<double> Adam::FusedStep(double lr, double grad_scale,
+                                    const std::vector<bool>& unit_norm_rows) {
+  torch::NoGradGuard no_grad;
+  ++step_;
+  kernels::AdamHyperparameters hyper;
+  hyper.lr = lr;
+  hyper.beta1 = config_.beta1;
+  hyper.beta2 = config_.beta2;
+  hyper.eps = config_.eps;
+  hyper.step = step_;
+  hyper.grad_scale = grad_scale;
+  std::vector<double> squared_norms(params_.size(), 0.0);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const auto& grad = params_[i].grad();
+    if (!grad.defined()) continue;
+    auto param = params_[i].detach();  // shares storage: updated in place
+    squared_norms[i] = kernels::FusedAdamStep(param, grad, exp_avg_[i], exp_avg_sq_[i], hyper,
+                                              i < unit_norm_rows.size() && unit_norm_rows[i]);
+  }
+  return squared_norms;
+}
+
+std::vector<double> Adam::FusedGradientSquaredNorms(const std::vector<bool>& unit_norm_rows) const {
+  std::vector<double> squared_norms(params_.size(), 0.0);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const auto& grad = params_[i].grad();
+    if (!grad.defined()) continue;
+    squared_norms[i] = kernels::FusedGradientSquaredNorm(
+        params_[i].detach(), grad, i < unit_norm_rows.size() && unit_norm_rows[i]);
+  }
+  return squared_norms;
 }
 
 double ScheduledLearningRate(const OptimizerConfig& config, double base_lr, int64_t step,
@@ -60,10 +95,15 @@ double SquaredGradientNorm(const std::vector<torch::Tensor>& params) {
   return total;
 }
 
+double ClippingScale(double norm, double max_norm) {
+  if (max_norm <= 0 || norm <= max_norm) return 1.0;
+  return max_norm / (norm + 1e-6);
+}
+
 void ScaleGradientsToNorm(const std::vector<torch::Tensor>& params, double norm, double max_norm) {
-  if (max_norm <= 0 || norm <= max_norm) return;
+  const double scale = ClippingScale(norm, max_norm);
+  if (scale == 1.0) return;
   torch::NoGradGuard no_grad;
-  const double scale = max_norm / (norm + 1e-6);
   for (const auto& p : params) {
     if (p.grad().defined()) p.mutable_grad().mul_(scale);
   }

@@ -15,8 +15,15 @@ namespace saegrid {
 class Adam {
  public:
   Adam(std::vector<torch::Tensor> params, const OptimizerConfig& config);
-  // One update from the parameters' .grad() at learning rate `lr`.
+  // One update from the parameters' .grad() at learning rate `lr` (the unfused reference).
   void Step(double lr);
+  // The trainer's update: one fused pass per parameter (kernels/fused_adam.h) with the gradient
+  // scaled by `grad_scale`; parameters flagged in `unit_norm_rows` (the decoder) also get the
+  // gradient projection before and the row renormalisation after. Returns each parameter's
+  // squared gradient norm as used, before the scale (0 for a parameter without a gradient).
+  std::vector<double> FusedStep(double lr, double grad_scale, const std::vector<bool>& unit_norm_rows);
+  // The squared norms FusedStep will report, without updating: clipping needs them first.
+  std::vector<double> FusedGradientSquaredNorms(const std::vector<bool>& unit_norm_rows) const;
 
   int64_t step() const { return step_; }
   void set_step(int64_t step) { step_ = step; }
@@ -44,6 +51,8 @@ double ClipGradientNorm(const std::vector<torch::Tensor>& params, double max_nor
 // scaling that brings a total norm `norm` down to `max_norm` (max_norm <= 0: no clipping).
 double SquaredGradientNorm(const std::vector<torch::Tensor>& params);
 void ScaleGradientsToNorm(const std::vector<torch::Tensor>& params, double norm, double max_norm);
+// The factor ScaleGradientsToNorm applies (1: no clipping).
+double ClippingScale(double norm, double max_norm);
 
 // Exponential moving average of the weights, bias-corrected like Adam's moments:
 // average = shadow / (1 - decay^updates).

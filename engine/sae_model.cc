@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "engine/chunked_encoder.h"
 #include "engine/sharded_selection.h"
 #include "engine/sparse_autograd.h"
 #include "kernels/sparse_ops.h"
@@ -181,7 +182,7 @@ Selection SaeModel::SelectMain(const torch::Tensor& pre) const {
     const auto top = pre.topk(std::max<int64_t>(widest, 1), 1, true, false);
     return {std::get<1>(top), std::get<0>(top)};
   }
-  const auto top = pre.topk(std::min(config_.k, pre.size(1)), 1, true, false);
+  const auto top = pre.topk(std::min(config_.k, pre.size(1)), 1, true, true);
   return {std::get<1>(top), std::get<0>(top)};
 }
 
@@ -191,7 +192,7 @@ std::optional<Selection> SaeModel::SelectAux(const torch::Tensor& pre,
   const auto dead = dead_mask.nonzero().squeeze(1);
   if (dead.numel() == 0) return std::nullopt;
   const int64_t k_aux = std::min(config_.k_aux, dead.numel());
-  const auto top = pre.index_select(1, dead).topk(k_aux, 1, true, false);
+  const auto top = pre.index_select(1, dead).topk(k_aux, 1, true, true);
   const auto local = std::get<1>(top);
   return Selection{dead.index_select(0, local.flatten()).view_as(local), std::get<0>(top)};
 }
@@ -241,25 +242,53 @@ absl::StatusOr<ForwardOutput> SaeModel::Forward(const torch::Tensor& x, const to
   }
   StepProfile* profile = parallel != nullptr ? parallel->profile : nullptr;
   ForwardOutput out;
-  torch::Tensor pre_dense;  // only the dense path keeps the B x n matrix in the graph
-  torch::Tensor pre_values;
+  torch::Tensor x_centered;
   {
     torch::NoGradGuard no_grad;
-    ScopedPhase phase(profile, &StepProfile::encoder);
-    pre_values = PreActivations(x, p);
+    x_centered = x - p.b_pre;
+  }
+  // The sparse TopK step never holds the B x n pre-activations: the encoder runs in chunks of
+  // latents feeding running top-k's (engine/chunked_encoder.h). The dense reference (and ReLU,
+  // whose active set has no fixed width) keeps the whole matrix and LibTorch's topk.
+  const bool chunked = path == ComputePath::kSparse && topk;
+  const int64_t main_width = shards != nullptr ? parallel->k_in : std::min(config_.k, latent_count_);
+  torch::Tensor dead_latents;
+  int64_t aux_width = 0;
+  if (topk && dead_mask.defined()) {
+    dead_latents = dead_mask.nonzero().squeeze(1).contiguous();
+    if (shards != nullptr) {
+      aux_width = parallel->dead_total > 0 ? parallel->k_aux_in : 0;
+    } else {
+      aux_width = std::min(config_.k_aux, dead_latents.numel());
+    }
   }
   std::optional<ScopedPhase> phase;  // the phase now running (reassigned as the pass goes on)
-  phase.emplace(profile, &StepProfile::topk);
-
-  // Selections. Sharded: local candidates, all-gathered values, the same cut on every shard;
-  // `*_keep` marks the candidates that made the global cut (undefined: all of them).
   Selection main;
-  torch::Tensor main_keep, aux_keep;
   std::optional<Selection> aux;
+  torch::Tensor pre_values;
+  if (chunked) {
+    EncoderCandidates candidates =
+        SelectByChunkedEncoder(x_centered, p, main_width, dead_latents, aux_width,
+                               config_.compute_dtype, config_.encoder_chunk_latents, profile);
+    main = std::move(candidates.main);
+    aux = std::move(candidates.aux);
+    phase.emplace(profile, &StepProfile::topk);
+  } else {
+    torch::NoGradGuard no_grad;
+    {
+      ScopedPhase encoder(profile, &StepProfile::encoder);
+      pre_values = PreActivations(x, p);
+    }
+    phase.emplace(profile, &StepProfile::topk);
+    main = SelectMain(pre_values);
+    aux = SelectAux(pre_values, dead_mask);
+  }
+
+  // Sharded: the local candidates' values are all-gathered and every shard makes the same cut;
+  // `*_keep` marks the candidates that made the global cut (undefined: all of them).
+  torch::Tensor main_keep, aux_keep;
   if (shards != nullptr && topk) {
     torch::NoGradGuard no_grad;
-    const auto top = pre_values.topk(parallel->k_in, 1, true, true);
-    main = {std::get<1>(top), std::get<0>(top)};
     phase.emplace(profile, &StepProfile::allgather);
     auto gathered = shards->AllGather(main.values);
     if (!gathered.ok()) return gathered.status();
@@ -268,41 +297,26 @@ absl::StatusOr<ForwardOutput> SaeModel::Forward(const torch::Tensor& x, const to
     GlobalCut cut = CutGlobalTopK(*gathered, shards->rank(), config_.k, can_overflow);
     main_keep = cut.keep;
     out.sums.overflow_tokens = static_cast<double>(cut.overflow.sum().item<int64_t>());
-    if (dead_mask.defined() && parallel->dead_total > 0) {
-      // AuxK over the dead latents, with the same exchange; -inf fills the slots of a shard
-      // with fewer dead latents than it may offer.
-      const auto dead = dead_mask.nonzero().squeeze(1);
-      const int64_t width = parallel->k_aux_in;
-      auto values = torch::full({batch, width}, -std::numeric_limits<float>::infinity(), pre_values.options());
-      auto indices = torch::zeros({batch, width}, torch::kLong);
-      const int64_t offered = std::min(width, dead.numel());
-      if (offered > 0) {
-        const auto t = pre_values.index_select(1, dead).topk(offered, 1, true, true);
-        values.narrow(1, 0, offered).copy_(std::get<0>(t));
-        const auto local = std::get<1>(t);
-        indices.narrow(1, 0, offered).copy_(dead.index_select(0, local.flatten()).view_as(local));
+    if (aux_width > 0) {
+      // AuxK over the dead latents, with the same exchange; -inf fills the slots of a shard with
+      // fewer dead latents than it may offer (and of one with none, which selected nothing).
+      if (!aux) {
+        aux = Selection{torch::zeros({batch, aux_width}, torch::kLong),
+                        torch::full({batch, aux_width}, -std::numeric_limits<float>::infinity())};
       }
       phase.emplace(profile, &StepProfile::allgather);
-      auto gathered_aux = shards->AllGather(values);
+      auto gathered_aux = shards->AllGather(aux->values);
       if (!gathered_aux.ok()) return gathered_aux.status();
       phase.emplace(profile, &StepProfile::topk);
       const int64_t k_aux = std::min(config_.k_aux, parallel->dead_total);
       aux_keep = CutGlobalTopK(*gathered_aux, shards->rank(), k_aux, false).keep;
-      aux = Selection{indices, values.masked_fill(aux_keep.logical_not(), 0)};
+      aux->values = aux->values.masked_fill(aux_keep.logical_not(), 0);
     }
-  } else {
-    main = SelectMain(pre_values);
-    aux = SelectAux(pre_values, dead_mask);
   }
 
   phase.emplace(profile, &StepProfile::decode);
   torch::Tensor x_hat, acts, e_hat;
   if (path == ComputePath::kSparse) {
-    torch::Tensor x_centered;
-    {
-      torch::NoGradGuard no_grad;
-      x_centered = x - p.b_pre;
-    }
     // A sharded encoder gives only its part of b_pre's gradient: route it to a separate leaf.
     torch::Tensor b_pre_for_encoder = p.b_pre;
     if (shards != nullptr) {
@@ -334,7 +348,7 @@ absl::StatusOr<ForwardOutput> SaeModel::Forward(const torch::Tensor& x, const to
       e_hat = *e;
     }
   } else {
-    pre_dense = PreActivations(x, p);
+    const auto pre_dense = PreActivations(x, p);
     const auto relu_pre = torch::relu(pre_dense);
     torch::Tensor z = relu_pre;
     if (topk) z = relu_pre * torch::zeros_like(pre_dense).scatter_(1, main.indices, 1.0);
@@ -388,7 +402,16 @@ absl::StatusOr<ForwardOutput> SaeModel::Forward(const torch::Tensor& x, const to
 
 Selection SaeModel::Encode(const torch::Tensor& x, const SaeParameters& params) const {
   torch::NoGradGuard no_grad;
-  Selection s = SelectMain(PreActivations(x, params));
+  Selection s;
+  if (config_.architecture == Architecture::kTopK) {
+    // Float32 for evaluation whatever the training dtype; no B x n matrix here either.
+    s = SelectByChunkedEncoder(x - params.b_pre, params, std::min(config_.k, params.w_enc.size(0)),
+                               torch::Tensor(), 0, ComputeDtype::kFloat32,
+                               config_.encoder_chunk_latents, nullptr)
+            .main;
+  } else {
+    s = SelectMain(PreActivations(x, params));
+  }
   s.values = torch::relu(s.values);
   return s;
 }

@@ -240,15 +240,29 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   m.profile.allreduce += Seconds(phase_start);
 
   phase_start = Clock::now();
-  model_->ProjectDecoderGradient();
-  // The norm of the whole model's gradient: the shards' latent rows plus b_pre once.
-  double latent_sq = SquaredGradientNorm({params[0], params[1], params[2]});
-  SAEGRID_RETURN_IF_ERROR(AllReduceScalars(shards, ReduceOp::kSum, {&latent_sq}));
-  const double grad_norm = std::sqrt(latent_sq + SquaredGradientNorm({params[3]}));
-  ScaleGradientsToNorm(params, grad_norm, config_.optimizer.grad_clip_norm);
+  // One fused pass per parameter: decoder gradient projection, Adam, decoder renormalisation.
+  // The gradient norm is of the projected gradient over the whole model: the shards' latent
+  // rows plus b_pre once. With clipping it must be known before the update (an extra read of
+  // the gradients); without, the fused pass reports it.
+  const std::vector<bool> unit_norm_rows = {false, false, true, false};  // W_dec
+  const double clip = config_.optimizer.grad_clip_norm;
   const double lr = ScheduledLearningRate(config_.optimizer, base_lr_, step_, total_steps_);
-  adam_->Step(lr);
-  model_->RenormalizeDecoder();
+  auto global_norm = [&](const std::vector<double>& sq) -> absl::StatusOr<double> {
+    double latent_sq = sq[0] + sq[1] + sq[2];
+    SAEGRID_RETURN_IF_ERROR(AllReduceScalars(shards, ReduceOp::kSum, {&latent_sq}));
+    return std::sqrt(latent_sq + sq[3]);
+  };
+  double grad_norm = 0;
+  if (clip > 0) {
+    auto norm = global_norm(adam_->FusedGradientSquaredNorms(unit_norm_rows));
+    if (!norm.ok()) return norm.status();
+    grad_norm = *norm;
+    adam_->FusedStep(lr, ClippingScale(grad_norm, clip), unit_norm_rows);
+  } else {
+    auto norm = global_norm(adam_->FusedStep(lr, 1.0, unit_norm_rows));
+    if (!norm.ok()) return norm.status();
+    grad_norm = *norm;
+  }
   if (ema_) ema_->Update(params);
   // A latent that fired on any replica has fired.
   torch::Tensor fired = dead_->FiredMask(out->indices, out->acts);

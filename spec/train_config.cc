@@ -65,6 +65,16 @@ absl::Status MapModel(const v1::ModelSpec& s, ModelConfig* m) {
     SAEGRID_RETURN_IF_ERROR(InRange("model.l1_coefficient", s.l1_coefficient(), 0.0, 1e6));
     m->l1_coefficient = s.l1_coefficient();
   }
+  if (s.compute_dtype().empty() || s.compute_dtype() == "float32") m->compute_dtype = ComputeDtype::kFloat32;
+  else if (s.compute_dtype() == "bfloat16") m->compute_dtype = ComputeDtype::kBFloat16;
+  else return Bad("model.compute_dtype", "must be \"float32\" or \"bfloat16\", got \"" + s.compute_dtype() + "\"");
+  if (m->compute_dtype == ComputeDtype::kBFloat16 && m->architecture != Architecture::kTopK) {
+    return Bad("model.compute_dtype", "bfloat16 applies to the chunked TopK encoder; use float32 for relu");
+  }
+  if (s.encoder_chunk_latents() != 0) {
+    SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("model.encoder_chunk_latents", s.encoder_chunk_latents(), 1, kMaxLatents));
+  }
+  m->encoder_chunk_latents = s.encoder_chunk_latents();
   return absl::OkStatus();
 }
 
