@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "engine/distributed/gang.h"
+#include "engine/runtime.h"
 #include "engine/trainer.h"
 #include "nlohmann/json.hpp"
 
@@ -154,6 +155,7 @@ nlohmann::json RunLayout(int shards, int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  saegrid::ReexecIfBlasMisdetected(argv);
   if (!FlagValue(argc, argv, "--rank", "").empty()) return RunRank(argc, argv);
   const auto s1 = RunLayout(1, argc, argv);
   const auto s2 = RunLayout(2, argc, argv);

@@ -1,10 +1,22 @@
-// One TopK SAE training step (forward, backward, decoder projection, Adam, renormalisation) of
-// the sparse engine and of the dense autograd reference, in the same run, on the same data.
-// Prints JSON: per-path median step time, peak RSS during the path, and the speed ratio.
-// Defaults: B = 4096, d = 768, n = 32768, k = 32, fp32 (the foundation issue's benchmark).
+// The CPU training step of a TopK SAE: the sparse engine (chunked encoder with a running top-k,
+// sparse kernels, fused optimizer pass) in float32 and with the bfloat16 encoder, against the
+// dense LibTorch autograd reference step, all in the same run on the same data. Each measurement
+// runs in a fresh child process of this binary, so its peak resident memory is its own.
+//
+// Prints JSON: per path the median step time, the phase split, the peak RSS and the step's
+// transient memory (peak minus the resident parameters, gradients and optimizer state) against
+// the B x n float32 matrix the chunked encoder avoids; the speed ratios and the targets;
+// the optimizer pass (fused vs separate LibTorch ops) and the selection (running top-k vs
+// torch::topk) on their own; and a wide model (n = 262144 at B = 1024) in float32.
+//
+//   step_bench [--batch 4096] [--d 768] [--latents 32768] [--k 32] [--repeats 3] [--threads 0]
+//              [--large-latents 262144] [--large-batch 1024] [--skip-large]
+#include <unistd.h>
+
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -12,90 +24,297 @@
 #include <string>
 #include <vector>
 
+#include "engine/chunked_encoder.h"
 #include "engine/optimizer.h"
 #include "engine/runtime.h"
 #include "engine/sae_model.h"
+#include "kernels/running_topk.h"
 #include "nlohmann/json.hpp"
 
 namespace {
 
-int64_t Flag(int argc, char** argv, const std::string& name, int64_t fallback) {
+using Clock = std::chrono::steady_clock;
+using nlohmann::json;
+
+std::string FlagValue(int argc, char** argv, const std::string& name, const std::string& fallback) {
   for (int i = 1; i + 1 < argc; ++i) {
-    if (name == argv[i]) return std::atoll(argv[i + 1]);
+    if (name == argv[i]) return argv[i + 1];
   }
   return fallback;
 }
 
-// Peak resident set since the last reset, from /proc (VmHWM), in bytes.
-int64_t PeakRssBytes() {
+int64_t Flag(int argc, char** argv, const std::string& name, int64_t fallback) {
+  return std::atoll(FlagValue(argc, argv, name, std::to_string(fallback)).c_str());
+}
+
+bool HasFlag(int argc, char** argv, const std::string& name) {
+  for (int i = 1; i < argc; ++i) {
+    if (name == argv[i]) return true;
+  }
+  return false;
+}
+
+double Seconds(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// A field of /proc/self/status in bytes (VmRSS: now, VmHWM: peak since the last reset).
+int64_t StatusBytes(const std::string& field) {
   std::ifstream in("/proc/self/status");
   std::string line;
   while (std::getline(in, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::atoll(line.c_str() + 6) * 1024;
+    if (line.rfind(field + ":", 0) == 0) return std::atoll(line.c_str() + field.size() + 1) * 1024;
   }
   return -1;
 }
 
-void ResetPeakRss() {
-  std::ofstream("/proc/self/clear_refs") << "5";
+void ResetPeakRss() { std::ofstream("/proc/self/clear_refs") << "5"; }
+
+bool CpuHasFlag(const std::string& flag) {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("flags", 0) == 0) return (line + " ").find(" " + flag + " ") != std::string::npos;
+  }
+  return false;
 }
 
-nlohmann::json TimePath(saegrid::SaeModel& model, saegrid::Adam& adam, const torch::Tensor& x,
-                        saegrid::ComputePath path, int repeats) {
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+struct Shape {
+  int64_t batch, d, n, k;
+};
+
+// One path's steps in this process: `path` is dense_fp32, sparse_fp32 or sparse_bf16.
+json MeasurePath(const std::string& path, const Shape& s, int repeats) {
+  saegrid::ModelConfig config;
+  config.k = s.k;
+  config.num_latents = s.n;
+  config.compute_dtype = path == "sparse_bf16" ? saegrid::ComputeDtype::kBFloat16
+                                               : saegrid::ComputeDtype::kFloat32;
+  config = saegrid::ResolveModelConfig(config, s.d);
+  torch::manual_seed(0);
+  const auto x = torch::randn({s.batch, s.d});
+  saegrid::SaeModel model(config);
+  model.Initialize(x.narrow(0, 0, std::min<int64_t>(s.batch, 4096)), 0);
+  saegrid::OptimizerConfig optimizer_config;
+  saegrid::Adam adam(model.params().All(), optimizer_config);
+  const bool dense = path == "dense_fp32";
+  const std::vector<bool> unit_norm_rows = {false, false, true, false};
+
+  saegrid::StepProfile profile;
+  auto step = [&] {
+    for (auto& p : model.params().All()) p.mutable_grad().reset();
+    saegrid::ForwardOutput out;
+    if (dense) {
+      out = model.TrainingForward(x, torch::Tensor(), saegrid::ComputePath::kDenseReference);
+    } else {
+      saegrid::ParallelForward parallel;
+      parallel.profile = &profile;
+      out = *model.ParallelTrainingForward(x, torch::Tensor(), parallel);
+    }
+    auto start = Clock::now();
+    out.loss.backward();
+    profile.backward += Seconds(start);
+    start = Clock::now();
+    if (dense) {
+      // The reference update: separate LibTorch passes.
+      model.ProjectDecoderGradient();
+      adam.Step(1e-4);
+      model.RenormalizeDecoder();
+    } else {
+      adam.FusedStep(1e-4, 1.0, unit_norm_rows);
+    }
+    profile.optimizer += Seconds(start);
+  };
+
+  step();  // warm-up: allocator, BLAS threads, gradients and optimizer state allocated
+  const int64_t resident = StatusBytes("VmRSS");
+  profile = saegrid::StepProfile{};
   ResetPeakRss();
   std::vector<double> seconds;
   for (int r = 0; r < repeats; ++r) {
-    const auto start = std::chrono::steady_clock::now();
-    for (auto& p : model.params().All()) p.mutable_grad().reset();
-    auto out = model.TrainingForward(x, torch::Tensor(), path);
-    out.loss.backward();
-    model.ProjectDecoderGradient();
-    adam.Step(1e-4);
-    model.RenormalizeDecoder();
-    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    const auto start = Clock::now();
+    step();
+    seconds.push_back(Seconds(start));
   }
-  std::sort(seconds.begin(), seconds.end());
-  return {{"median_step_seconds", seconds[seconds.size() / 2]},
-          {"min_step_seconds", seconds.front()},
-          {"tokens_per_second", x.size(0) / seconds[seconds.size() / 2]},
-          {"peak_rss_bytes", PeakRssBytes()}};
+  const int64_t peak = StatusBytes("VmHWM");
+  const double per = 1.0 / repeats;
+  return {{"median_step_seconds", Median(seconds)},
+          {"min_step_seconds", *std::min_element(seconds.begin(), seconds.end())},
+          {"tokens_per_second", s.batch / Median(seconds)},
+          {"phase_seconds",
+           {{"encoder", profile.encoder * per},
+            {"topk", profile.topk * per},
+            {"decode_and_loss", profile.decode * per},
+            {"backward", profile.backward * per},
+            {"optimizer", profile.optimizer * per}}},
+          {"resident_state_bytes", resident},
+          {"peak_rss_bytes", peak},
+          {"step_transient_bytes", peak - resident}};
+}
+
+// The optimizer update of an [n, d] decoder and encoder alone: fused pass vs LibTorch ops.
+json MeasureOptimizer(const Shape& s, int repeats) {
+  saegrid::ModelConfig config;
+  config.k = s.k;
+  config.num_latents = s.n;
+  config = saegrid::ResolveModelConfig(config, s.d);
+  saegrid::SaeModel model(config);
+  torch::manual_seed(1);
+  model.Initialize(torch::randn({256, s.d}), 0);
+  for (auto& p : model.params().All()) p.mutable_grad() = torch::randn_like(p) * 1e-3;
+  saegrid::Adam reference(model.params().All(), saegrid::OptimizerConfig{});
+  saegrid::Adam fused(model.params().All(), saegrid::OptimizerConfig{});
+  std::vector<double> separate_s, fused_s;
+  for (int r = 0; r < repeats + 1; ++r) {
+    auto start = Clock::now();
+    model.ProjectDecoderGradient();
+    reference.Step(1e-4);
+    model.RenormalizeDecoder();
+    if (r > 0) separate_s.push_back(Seconds(start));
+    start = Clock::now();
+    fused.FusedStep(1e-4, 1.0, {false, false, true, false});
+    if (r > 0) fused_s.push_back(Seconds(start));
+  }
+  return {{"separate_ops_seconds", Median(separate_s)},
+          {"fused_pass_seconds", Median(fused_s)},
+          {"speedup", Median(separate_s) / Median(fused_s)}};
+}
+
+// Selecting the top k of a [B, n] float32 matrix: torch::topk on the whole matrix vs the
+// running top-k fed in the chunks the encoder would produce.
+json MeasureSelection(const Shape& s, int repeats) {
+  torch::manual_seed(2);
+  const auto pre = torch::randn({s.batch, s.n});
+  const int64_t chunk = saegrid::EncoderChunkLatents(s.batch, s.n, 0);
+  std::vector<double> topk_s, running_s;
+  for (int r = 0; r < repeats + 1; ++r) {
+    auto start = Clock::now();
+    const auto reference = pre.topk(s.k, 1, true, true);
+    if (r > 0) topk_s.push_back(Seconds(start));
+    start = Clock::now();
+    saegrid::kernels::RunningTopK running(s.batch, s.k);
+    for (int64_t begin = 0; begin < s.n; begin += chunk) {
+      running.Offer(pre.narrow(1, begin, std::min(chunk, s.n - begin)), begin);
+    }
+    const auto selected = running.Finish();
+    if (r > 0) running_s.push_back(Seconds(start));
+    // Values, not ids: tied values may be taken in another order (the running top-k takes the
+    // lower latent id).
+    TORCH_CHECK(torch::equal(selected.first, std::get<0>(reference)), "selections differ");
+  }
+  return {{"torch_topk_seconds", Median(topk_s)},
+          {"running_topk_seconds", Median(running_s)},
+          {"chunk_latents", chunk},
+          {"speedup", Median(topk_s) / Median(running_s)}};
+}
+
+// Runs this binary again with `args` and parses the JSON it prints.
+json RunChild(const std::string& args) {
+  // Resolved here: inside popen's shell, /proc/self/exe would be the shell.
+  std::array<char, 4096> self{};
+  const ssize_t length = readlink("/proc/self/exe", self.data(), self.size() - 1);
+  if (length <= 0) return {{"error", "cannot resolve /proc/self/exe"}};
+  const std::string command = std::string(self.data(), length) + " " + args;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return {{"error", "cannot start " + command}};
+  std::string output;
+  std::array<char, 4096> buffer;
+  size_t got;
+  while ((got = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) output.append(buffer.data(), got);
+  const int status = pclose(pipe);
+  if (status != 0) return {{"error", command + " failed with status " + std::to_string(status)}};
+  return json::parse(output, nullptr, /*allow_exceptions=*/false);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int64_t batch = Flag(argc, argv, "--batch", 4096);
-  const int64_t d = Flag(argc, argv, "--d", 768);
-  const int64_t n = Flag(argc, argv, "--latents", 32768);
-  const int64_t k = Flag(argc, argv, "--k", 32);
+  saegrid::ReexecIfBlasMisdetected(argv);
+  const Shape shape{Flag(argc, argv, "--batch", 4096), Flag(argc, argv, "--d", 768),
+                    Flag(argc, argv, "--latents", 32768), Flag(argc, argv, "--k", 32)};
   const int repeats = static_cast<int>(Flag(argc, argv, "--repeats", 3));
-  const int threads = saegrid::ConfigureThreads(static_cast<int>(Flag(argc, argv, "--threads", 0)));
+  const int threads_flag = static_cast<int>(Flag(argc, argv, "--threads", 0));
+  const int threads = saegrid::ConfigureThreads(threads_flag);
 
-  saegrid::ModelConfig config;
-  config.k = k;
-  config.num_latents = n;
-  config = saegrid::ResolveModelConfig(config, d);
-  torch::manual_seed(0);
-  const auto x = torch::randn({batch, d});
-  saegrid::SaeModel model(config);
-  model.Initialize(x.narrow(0, 0, std::min<int64_t>(batch, 4096)), 0);
-  saegrid::Adam adam(model.params().All(), saegrid::OptimizerConfig{});
+  const std::string measure = FlagValue(argc, argv, "--measure", "");
+  if (!measure.empty()) {
+    json result;
+    if (measure == "optimizer") {
+      result = MeasureOptimizer(shape, repeats);
+    } else if (measure == "selection") {
+      result = MeasureSelection(shape, repeats);
+    } else {
+      result = MeasurePath(measure, shape, repeats);
+    }
+    std::printf("%s\n", result.dump().c_str());
+    return 0;
+  }
 
-  // Warm-up (allocator, BLAS threads) outside the timings.
-  TimePath(model, adam, x, saegrid::ComputePath::kSparse, 1);
-  const auto sparse = TimePath(model, adam, x, saegrid::ComputePath::kSparse, repeats);
-  const auto dense = TimePath(model, adam, x, saegrid::ComputePath::kDenseReference, repeats);
-  const double ratio = dense["median_step_seconds"].get<double>() / sparse["median_step_seconds"].get<double>();
-  nlohmann::json report = {
-      {"benchmark", "topk_training_step"},
-      {"batch", batch}, {"d_in", d}, {"num_latents", n}, {"k", k}, {"dtype", "float32"},
-      {"threads", threads}, {"repeats", repeats},
-      {"sparse", sparse},
-      {"dense_reference", dense},
-      {"speedup_sparse_vs_dense", ratio},
-      {"dense_bxn_fp32_bytes", batch * n * 4},
-      {"target_speedup", 3.0},
-      {"meets_target", ratio >= 3.0}};
+  auto shape_args = [&](const Shape& s, int reps) {
+    return "--batch " + std::to_string(s.batch) + " --d " + std::to_string(s.d) + " --latents " +
+           std::to_string(s.n) + " --k " + std::to_string(s.k) + " --repeats " +
+           std::to_string(reps) + " --threads " + std::to_string(threads);
+  };
+  const std::string args = shape_args(shape, repeats);
+  const json dense = RunChild("--measure dense_fp32 " + args);
+  const json sparse = RunChild("--measure sparse_fp32 " + args);
+  const json bf16 = RunChild("--measure sparse_bf16 " + args);
+  const json optimizer = RunChild("--measure optimizer " + args);
+  const json selection = RunChild("--measure selection " + args);
+  for (const json* part : {&dense, &sparse, &bf16, &optimizer, &selection}) {
+    if (part->is_discarded() || part->contains("error")) {
+      std::fprintf(stderr, "step_bench: a measurement failed: %s\n", part->dump().c_str());
+      return 1;
+    }
+  }
+
+  const double bxn_bytes = static_cast<double>(shape.batch) * shape.n * 4;
+  const double sparse_vs_dense = dense["median_step_seconds"].get<double>() /
+                                 sparse["median_step_seconds"].get<double>();
+  const double bf16_vs_sparse = sparse["median_step_seconds"].get<double>() /
+                                bf16["median_step_seconds"].get<double>();
+  const double transient_fraction = sparse["step_transient_bytes"].get<double>() / bxn_bytes;
+  const bool amx = CpuHasFlag("amx_bf16");
+  const bool avx512_bf16 = CpuHasFlag("avx512_bf16");
+  json report = {
+      {"benchmark", "topk_training_step_cpu"},
+      {"batch", shape.batch}, {"d_in", shape.d}, {"num_latents", shape.n}, {"k", shape.k},
+      {"threads", threads}, {"repeats", repeats}, {"blas_core", saegrid::BlasCoreName()},
+      {"cpu", {{"amx_bf16", amx}, {"avx512_bf16", avx512_bf16}}},
+      {"dense_reference_fp32", dense},
+      {"sparse_fp32", sparse},
+      {"sparse_bf16", bf16},
+      {"optimizer_pass", optimizer},
+      {"selection", selection},
+      {"bxn_fp32_bytes", bxn_bytes},
+      {"speedup_sparse_fp32_vs_dense", sparse_vs_dense},
+      {"speedup_bf16_vs_sparse_fp32", bf16_vs_sparse},
+      {"sparse_transient_fraction_of_bxn", transient_fraction},
+      {"targets",
+       {{"sparse_fp32_vs_dense_at_least", 4.0},
+        {"sparse_fp32_vs_dense_met", sparse_vs_dense >= 4.0},
+        {"bf16_vs_sparse_fp32_at_least", 2.0},
+        {"bf16_vs_sparse_fp32_met", bf16_vs_sparse >= 2.0},
+        // Without AMX (or AVX512-BF16) oneDNN emulates bf16 and the encoder matmul is no faster.
+        {"bf16_target_applies", amx},
+        {"transient_below_fraction_of_bxn", 0.25},
+        {"transient_met", transient_fraction < 0.25}}}};
+
+  if (!HasFlag(argc, argv, "--skip-large")) {
+    const Shape large{Flag(argc, argv, "--large-batch", 1024), shape.d,
+                      Flag(argc, argv, "--large-latents", 262144), shape.k};
+    const json wide = RunChild("--measure sparse_fp32 " + shape_args(large, 2));
+    const double limit = 24.0 * (int64_t{1} << 30);
+    report["wide_model_sparse_fp32"] = {
+        {"batch", large.batch}, {"num_latents", large.n}, {"result", wide},
+        {"peak_within_24_gib", wide.contains("peak_rss_bytes") &&
+                                   wide["peak_rss_bytes"].get<double>() < limit}};
+  }
   std::printf("%s\n", report.dump(2).c_str());
   return 0;
 }

@@ -5,6 +5,7 @@
 #include "absl/strings/str_format.h"
 #include "cli/job_commands.h"
 #include "cli/train_command.h"
+#include "engine/runtime.h"
 
 namespace {
 
@@ -33,7 +34,10 @@ int main(int argc, char** argv) {
   }
   const std::string command = argv[1];
   namespace cli = saegrid::cli;
-  if (command == "train") return cli::RunTrainCommand(argc - 2, argv + 2);
+  if (command == "train") {
+    saegrid::ReexecIfBlasMisdetected(argv);
+    return cli::RunTrainCommand(argc - 2, argv + 2);
+  }
   if (command == "submit") return cli::RunSubmitCommand(argc - 2, argv + 2);
   if (command == "get") return cli::RunGetCommand(argc - 2, argv + 2);
   if (command == "list") return cli::RunListCommand(argc - 2, argv + 2);

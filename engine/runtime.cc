@@ -1,17 +1,85 @@
 #include "engine/runtime.h"
 
+#include <dlfcn.h>
+#include <unistd.h>
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <string>
 #include <thread>
 
 namespace saegrid {
+namespace {
+
+constexpr char kReexecMarker[] = "SAEGRID_BLAS_REEXECUTED";
+
+bool CpuHasFlags(std::initializer_list<const char*> wanted) {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("flags", 0) != 0) continue;
+    const std::string flags = line + " ";
+    return std::all_of(wanted.begin(), wanted.end(), [&](const char* flag) {
+      return flags.find(" " + std::string(flag) + " ") != std::string::npos;
+    });
+  }
+  return false;
+}
+
+// Vector width class of an OpenBLAS core name: 0 SSE, 1 AVX, 2 AVX2, 3 AVX-512; -1 unknown
+// (left alone).
+int CoreClass(std::string name) {
+  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+  static const std::map<std::string, int> classes = {
+      {"prescott", 0},  {"core2", 0},      {"penryn", 0},         {"dunnington", 0},
+      {"nehalem", 0},   {"atom", 0},       {"katmai", 0},         {"coppermine", 0},
+      {"northwood", 0}, {"banias", 0},     {"sandybridge", 1},    {"bulldozer", 1},
+      {"haswell", 2},   {"zen", 2},        {"excavator", 2},      {"skylakex", 3},
+      {"cooperlake", 3}, {"sapphirerapids", 3}};
+  const auto it = classes.find(name);
+  return it == classes.end() ? -1 : it->second;
+}
+
+}  // namespace
 
 int ConfigureThreads(int num_threads) {
   const int threads = num_threads > 0 ? num_threads
                                       : std::max(1u, std::thread::hardware_concurrency());
   at::set_num_threads(threads);
   return threads;
+}
+
+const char* BlasCoreName() {
+  using CoreNameFn = char* (*)();
+  auto* fn = reinterpret_cast<CoreNameFn>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  return fn != nullptr ? fn() : "";
+}
+
+void ReexecIfBlasMisdetected(char** argv) {
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr || std::getenv(kReexecMarker) != nullptr) return;
+  const std::string detected = BlasCoreName();
+  if (detected.empty()) return;
+  const char* wanted = nullptr;
+  if (CpuHasFlags({"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"})) {
+    wanted = "SkylakeX";
+  } else if (CpuHasFlags({"avx2", "fma"})) {
+    wanted = "Haswell";
+  }
+  const int have = CoreClass(detected);
+  if (wanted == nullptr || have < 0 || have >= CoreClass(wanted)) return;
+  std::fprintf(stderr, "saegrid: OpenBLAS chose its %s kernels on a CPU with %s; restarting with OPENBLAS_CORETYPE=%s\n",
+               detected.c_str(), wanted == std::string("SkylakeX") ? "AVX-512" : "AVX2", wanted);
+  setenv("OPENBLAS_CORETYPE", wanted, 1);
+  setenv(kReexecMarker, "1", 1);
+  execv("/proc/self/exe", argv);
+  // exec failed: carry on with the slow kernels rather than not at all.
+  std::perror("saegrid: re-executing with OPENBLAS_CORETYPE failed");
 }
 
 }  // namespace saegrid

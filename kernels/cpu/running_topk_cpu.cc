@@ -5,6 +5,12 @@
 #include <c10/util/BFloat16.h>
 
 #include <cmath>
+#include <cstdint>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+#include <cstring>
+#include <type_traits>
 #include <utility>
 
 namespace saegrid::kernels::cpu {
@@ -72,19 +78,52 @@ class Heap {
   int64_t k_;
 };
 
-// The whole row: fill the heap, then skip blocks with nothing at or above the threshold (one
-// branch-free compare per entry, which the compiler vectorises).
+// Whether any of the 16 entries at `p` is at or above `threshold` (NaN compares false). SSE2 is
+// part of x86-64, so this needs no runtime dispatch; other targets take the scalar loop.
+inline bool AnyAtLeast16(const float* p, float threshold) {
+#if defined(__SSE2__)
+  const __m128 t = _mm_set1_ps(threshold);
+  const __m128 hit = _mm_or_ps(_mm_or_ps(_mm_cmpge_ps(_mm_loadu_ps(p), t), _mm_cmpge_ps(_mm_loadu_ps(p + 4), t)),
+                               _mm_or_ps(_mm_cmpge_ps(_mm_loadu_ps(p + 8), t), _mm_cmpge_ps(_mm_loadu_ps(p + 12), t)));
+  return _mm_movemask_ps(hit) != 0;
+#else
+  bool any = false;
+  for (int i = 0; i < 16; ++i) any |= p[i] >= threshold;
+  return any;
+#endif
+}
+
+// Entries are tested 64 at a time, then 16 at a time, and only a group of 16 that reaches the
+// threshold is offered entry by entry; past the first few thousand latents almost none does.
+constexpr int64_t kBlock = 64;
+constexpr int64_t kGroup = 16;
+
+// The whole row: fill the heap, then skip what cannot enter it. Other dtypes are widened to
+// float32 a block at a time.
 template <typename scalar_t>
 void ScanRow(const scalar_t* row, int64_t width, int64_t first_latent, Heap& heap) {
-  constexpr int64_t kBlock = 16;
   int64_t c = 0;
   for (; c < width && !heap.full(); ++c) heap.Offer(static_cast<float>(row[c]), first_latent + c);
+  alignas(64) float widened[kBlock];
   for (; c + kBlock <= width; c += kBlock) {
-    const float threshold = heap.threshold();
-    bool any = false;
-    for (int64_t j = 0; j < kBlock; ++j) any |= static_cast<float>(row[c + j]) >= threshold;
-    if (!any) continue;
-    for (int64_t j = 0; j < kBlock; ++j) heap.Offer(static_cast<float>(row[c + j]), first_latent + c + j);
+    const float* block;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      block = row + c;
+    } else {
+      for (int64_t j = 0; j < kBlock; ++j) widened[j] = static_cast<float>(row[c + j]);
+      block = widened;
+    }
+    float threshold = heap.threshold();
+    if (!AnyAtLeast16(block, threshold) && !AnyAtLeast16(block + 16, threshold) &&
+        !AnyAtLeast16(block + 32, threshold) && !AnyAtLeast16(block + 48, threshold)) {
+      continue;
+    }
+    for (int64_t g = 0; g < kBlock; g += kGroup) {
+      if (!AnyAtLeast16(block + g, heap.threshold())) continue;
+      for (int64_t j = g; j < g + kGroup; ++j) {
+        if (block[j] >= heap.threshold()) heap.Offer(block[j], first_latent + c + j);
+      }
+    }
   }
   for (; c < width; ++c) heap.Offer(static_cast<float>(row[c]), first_latent + c);
 }
