@@ -11,10 +11,22 @@
 
 namespace saegrid::kernels {
 
-RunningTopK::RunningTopK(int64_t rows, int64_t k)
-    : rows_(rows), k_(k), values_(rows * k), ids_(rows * k), filled_(rows, 0) {
-  TORCH_CHECK(rows >= 0 && k >= 0, "RunningTopK needs rows >= 0 and k >= 0, got ", rows, " and ", k);
+namespace {
+
+// Checked before the buffers are sized from it.
+int64_t NonNegative(int64_t value, const char* name) {
+  TORCH_CHECK(value >= 0, "RunningTopK needs ", name, " >= 0, got ", value);
+  return value;
 }
+
+}  // namespace
+
+RunningTopK::RunningTopK(int64_t rows, int64_t k)
+    : rows_(NonNegative(rows, "rows")),
+      k_(NonNegative(k, "k")),
+      values_(rows_ * k_),
+      ids_(rows_ * k_),
+      filled_(rows_, 0) {}
 
 void RunningTopK::Offer(const torch::Tensor& chunk, int64_t first_latent, const torch::Tensor& columns) {
   TORCH_CHECK(chunk.dim() == 2 && chunk.size(0) == rows_, "RunningTopK: chunk must be [", rows_,

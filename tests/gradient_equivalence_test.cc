@@ -103,6 +103,46 @@ TEST(GradientEquivalence, AuxKTermChangesTheGradient) {
   EXPECT_GT(RelativeError(with.grads[0], without.grads[0]), 1e-3);
 }
 
+TEST(GradientEquivalence, ChunkedEncoderWithAuxKMatchesTheWholeMatrix) {
+  // Chunks of 40 and of 1 latent (n = 192: the last chunk is partial): the running top-k over
+  // chunks must select exactly what torch::topk selects on the dense B x n reference.
+  for (int64_t chunk : {40, 1}) {
+    SCOPED_TRACE("chunk " + std::to_string(chunk));
+    auto config = Config(Architecture::kTopK);
+    config.encoder_chunk_latents = chunk;
+    torch::manual_seed(9);
+    const auto dead = torch::rand({config.num_latents}) < 0.4;
+    ExpectEquivalent(config, dead);
+  }
+}
+
+TEST(GradientEquivalence, BFloat16EncoderRanksAndFloat32ValuesAreExact) {
+  // bf16 only ranks the latents: the selected pre-activations must be the exact float32 ones,
+  // and the selection may differ from the float32 top-k only within bf16 rounding.
+  auto config = Config(Architecture::kTopK);
+  config.compute_dtype = ComputeDtype::kBFloat16;
+  config.encoder_chunk_latents = 64;
+  torch::manual_seed(5);
+  const auto x = torch::randn({96, config.d_in}) * 2 + 0.5;
+  SaeModel model = MakeModel(config, x);
+  const Gradients g = RunStep(model, x, torch::Tensor(), ComputePath::kSparse);
+  torch::NoGradGuard no_grad;
+  const auto& p = model.params();
+  const auto exact = torch::addmm(p.b_enc, x.to(torch::kDouble).sub(p.b_pre.to(torch::kDouble)).to(torch::kFloat),
+                                  p.w_enc.t());
+  EXPECT_LT(RelativeError(g.out.acts, torch::relu(exact.gather(1, g.out.indices))), 1e-6);
+  // Each selected value is at least the true k-th value less the bf16 rounding of a row.
+  const auto kth = std::get<0>(exact.topk(config.k, 1, true, true)).narrow(1, config.k - 1, 1);
+  const auto selected_min = std::get<0>(exact.gather(1, g.out.indices).min(1, true));
+  const auto slack = exact.abs().amax(1, true) * (2.0 / 128);
+  EXPECT_TRUE((selected_min >= kth - slack).all().item<bool>());
+  // And most rows select exactly the float32 top-k.
+  const auto exact_ids = std::get<0>(std::get<1>(exact.topk(config.k, 1, true, true)).sort(1));
+  const auto same_rows = (std::get<0>(g.out.indices.sort(1)) == exact_ids).all(1).to(torch::kDouble).mean().item<double>();
+  EXPECT_GT(same_rows, 0.8);
+  for (const auto& grad : g.grads) EXPECT_GT(grad.norm().item<double>(), 0);
+}
+
 TEST(GradientEquivalence, ReLU) {
   ExpectEquivalent(Config(Architecture::kReLU), torch::Tensor());
 }

@@ -74,6 +74,13 @@ TEST(JobSpec, BadValuesAreNamedWithTheRule) {
   EXPECT_THAT(SpecError(std::string(kValid) + "parallelism: {backend: mpi}\n"), HasSubstr("parallelism.backend"));
   EXPECT_THAT(SpecError("model: {normalize_inputs: rms}\ndata: {path: x}\ntraining: {total_tokens: 1}\n"),
               HasSubstr("model.normalize_inputs"));
+  EXPECT_THAT(SpecError("model: {compute_dtype: fp16}\ndata: {path: x}\ntraining: {total_tokens: 1}\n"),
+              HasSubstr("model.compute_dtype: must be \"float32\" or \"bfloat16\", got \"fp16\""));
+  EXPECT_THAT(SpecError("model: {architecture: relu, compute_dtype: bfloat16}\ndata: {path: x}\n"
+                        "training: {total_tokens: 1}\n"),
+              HasSubstr("model.compute_dtype: bfloat16 applies to the chunked TopK encoder"));
+  EXPECT_THAT(SpecError("model: {encoder_chunk_latents: -4}\ndata: {path: x}\ntraining: {total_tokens: 1}\n"),
+              HasSubstr("model.encoder_chunk_latents: must be in"));
 }
 
 TEST(JobSpec, ShippedExamplesAreValid) {

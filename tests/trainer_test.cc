@@ -235,11 +235,12 @@ TEST(Trainer, ReluSaeTrainsWithTheSameTrainer) {
 
 // The foundation issue's bar: 512 features in 256 dimensions (about 5 active), 1024 latents,
 // k = 8, at most 3M tokens: MMCS >= 0.98 and >= 95% of features recovered at cosine >= 0.9.
-TEST(Trainer, ToyDataRecoversGroundTruthFeatures) {
+void ExpectToyRecovery(ComputeDtype dtype) {
   TempDir dir;
   TrainConfig c;
   c.model.num_latents = 1024;
   c.model.k = 8;
+  c.model.compute_dtype = dtype;
   c.optimizer.lr = 2e-3;
   c.optimizer.warmup_steps = 20;
   c.optimizer.lr_decay = LrDecay::kLinear;
@@ -256,6 +257,13 @@ TEST(Trainer, ToyDataRecoversGroundTruthFeatures) {
   EXPECT_GE(eval->recovered_fraction, 0.95);
   EXPECT_LT(eval->fvu, 0.1);
   EXPECT_NEAR(eval->l0, 8, 1.5);
+}
+
+TEST(Trainer, ToyDataRecoversGroundTruthFeatures) { ExpectToyRecovery(ComputeDtype::kFloat32); }
+
+// bf16 ranks the latents in the encoder (float32 master weights and values): the same bar.
+TEST(Trainer, ToyDataRecoversGroundTruthFeaturesWithTheBFloat16Encoder) {
+  ExpectToyRecovery(ComputeDtype::kBFloat16);
 }
 
 }  // namespace
