@@ -18,6 +18,7 @@
 #include "cli/metrics_log.h"
 #include "cli/progress_printer.h"
 #include "engine/distributed/gang.h"
+#include "engine/runtime.h"
 #include "engine/trainer.h"
 #include "spec/job_spec_loader.h"
 #include "spec/train_config.h"
@@ -162,6 +163,10 @@ int RunTrainCommand(int argc, char** argv) {
     return 2;
   }
   config->checkpoint.gather_to_leader = gather_checkpoints;
+  if (config->model.compute_dtype == ComputeDtype::kBFloat16 && !CpuHasNativeBFloat16()) {
+    absl::FPrintF(stderr, "saegrid: warning: model.compute_dtype is bfloat16 but this CPU has neither "
+                          "AMX-BF16 nor AVX512-BF16; the encoder matmul is emulated and slower than float32\n");
+  }
   const int64_t gang_size = config->parallelism.shards * config->parallelism.replicas;
   if (!one_rank && (local_ranks > 0 || gang_size > 1)) {
     if (local_ranks > 0 && local_ranks != gang_size) {
@@ -180,7 +185,7 @@ int RunTrainCommand(int argc, char** argv) {
     if (const char* env = std::getenv("SAEGRID_LOCAL_RANKS"); env != nullptr) {
       if (!absl::SimpleAtoi(env, &sharing) || sharing < 1) sharing = 1;
     }
-    const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
+    const int64_t cores = AvailableCores();
     config->runtime.num_threads = static_cast<int>(std::max<int64_t>(1, cores / sharing));
   }
 

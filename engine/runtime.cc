@@ -1,12 +1,14 @@
 #include "engine/runtime.h"
 
 #include <dlfcn.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -48,12 +50,35 @@ int CoreClass(std::string name) {
 
 }  // namespace
 
+int AvailableCores() {
+  int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) cores = std::max(1, CPU_COUNT(&set));
+  // cgroup v2 "cpu.max" is "<quota> <period>" or "max <period>"; v1 splits it in two files.
+  double quota = -1, period = 0;
+  std::ifstream v2("/sys/fs/cgroup/cpu.max");
+  std::string quota_text;
+  if (v2 >> quota_text >> period) {
+    if (quota_text != "max") quota = std::atof(quota_text.c_str());
+  } else {
+    std::ifstream v1_quota("/sys/fs/cgroup/cpu/cpu.cfs_quota_us");
+    std::ifstream v1_period("/sys/fs/cgroup/cpu/cpu.cfs_period_us");
+    if (!(v1_quota >> quota) || !(v1_period >> period)) quota = -1;
+  }
+  if (quota > 0 && period > 0) {
+    cores = std::min(cores, std::max(1, static_cast<int>(std::ceil(quota / period))));
+  }
+  return cores;
+}
+
 int ConfigureThreads(int num_threads) {
-  const int threads = num_threads > 0 ? num_threads
-                                      : std::max(1u, std::thread::hardware_concurrency());
+  const int threads = num_threads > 0 ? num_threads : AvailableCores();
   at::set_num_threads(threads);
   return threads;
 }
+
+bool CpuHasNativeBFloat16() { return CpuHasFlags({"amx_bf16"}) || CpuHasFlags({"avx512_bf16"}); }
 
 const char* BlasCoreName() {
   using CoreNameFn = char* (*)();

@@ -4,7 +4,12 @@
 
 namespace saegrid {
 
-// Sets LibTorch's intra-op thread count (0: every core of this machine); returns the count used.
+// The cores this process may use: its CPU affinity set, capped by a cgroup CPU quota (a
+// container limited to 2 CPUs on a 64-core host gets 2, not 64). At least 1.
+int AvailableCores();
+
+// Sets LibTorch's intra-op thread count (0: AvailableCores()); returns the count used. OpenBLAS
+// (the OpenMP build) and oneDNN share this OpenMP pool, so one setting covers every kernel.
 int ConfigureThreads(int num_threads);
 
 // OpenBLAS picks its kernels from CPUID when it is loaded. On virtual machines that hide the CPU
@@ -14,6 +19,10 @@ int ConfigureThreads(int num_threads);
 // it only at load. It returns without doing anything when the detection matches the CPU, when
 // OPENBLAS_CORETYPE is already set, or when the BLAS is not OpenBLAS. Call it first in main().
 void ReexecIfBlasMisdetected(char** argv);
+
+// Whether the CPU multiplies bfloat16 natively (AMX-BF16 or AVX512-BF16). Without it oneDNN
+// emulates bf16 and model.compute_dtype "bfloat16" is slower than float32.
+bool CpuHasNativeBFloat16();
 
 // The OpenBLAS core in use ("" when the BLAS is not OpenBLAS), for benchmark reports.
 const char* BlasCoreName();
