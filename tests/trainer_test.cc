@@ -3,6 +3,8 @@
 // toy-data recovery bar of the foundation issue is met.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <cstdio>
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -253,6 +255,9 @@ void ExpectToyRecovery(ComputeDtype dtype) {
   auto eval = t->Train();
   ASSERT_TRUE(eval.ok()) << eval.status();
   ASSERT_TRUE(eval->has_ground_truth);
+  std::printf("%s encoder: MMCS %.4f, recovered %.4f, FVU %.4f, L0 %.2f\n",
+              dtype == ComputeDtype::kBFloat16 ? "bfloat16" : "float32", eval->mmcs,
+              eval->recovered_fraction, eval->fvu, eval->l0);
   EXPECT_GE(eval->mmcs, 0.98);
   EXPECT_GE(eval->recovered_fraction, 0.95);
   EXPECT_LT(eval->fvu, 0.1);
