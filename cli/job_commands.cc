@@ -147,7 +147,7 @@ int Watch(ClientConnection& conn, const std::string& job_id) {
       std::fflush(stdout);
       continue;
     }
-    if (update.has_event() || update.revision() == last.revision() && !bar_shown && update.job().progress().step() == 0) {
+    if (update.has_event() || (update.revision() == last.revision() && !bar_shown && update.job().progress().step() == 0)) {
       if (bar_shown && tty) absl::PrintF("\n");
       bar_shown = false;
       if (update.has_event()) {

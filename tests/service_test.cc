@@ -28,8 +28,6 @@ using testing::ServiceCluster;
 
 using testing::Terminal;
 
-std::string StateName(v1::JobState s) { return v1::JobState_Name(s); }
-
 // Submits through the CLI (as a user would) and returns the job id.
 std::string SubmitWithCli(ServiceCluster& cluster, const std::string& spec_yaml, const std::string& name,
                           const std::vector<std::string>& extra = {}) {
@@ -315,7 +313,7 @@ TEST(Service, BadRequestsGetTheRightStatusCodes) {
 
   // Health: liveness and readiness are SERVING, on the API port and on the plaintext health port
   // (what Kubernetes probes); an unknown name is NOT_FOUND.
-  for (const std::string address : {cluster.address(), absl::StrCat("127.0.0.1:", options.health_port)})
+  for (const std::string& address : {cluster.address(), absl::StrCat("127.0.0.1:", options.health_port)})
   for (const std::string name : {"liveness", "readiness", "unknown"}) {
     auto health = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
     grpc::ClientContext hctx;
