@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_flags.h"
 #include "engine/distributed/gang.h"
 #include "engine/runtime.h"
 #include "engine/trainer.h"
@@ -26,16 +27,8 @@
 
 namespace {
 
-std::string FlagValue(int argc, char** argv, const std::string& name, const std::string& fallback) {
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (name == argv[i]) return argv[i + 1];
-  }
-  return fallback;
-}
-
-int64_t Flag(int argc, char** argv, const std::string& name, int64_t fallback) {
-  return std::atoll(FlagValue(argc, argv, name, std::to_string(fallback)).c_str());
-}
+using saegrid::bench::Flag;
+using saegrid::bench::FlagValue;
 
 // One rank: trains `steps` + 1 steps and writes its figures as one JSON object to `out`.
 int RunRank(int argc, char** argv) {

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_flags.h"
 #include "engine/chunked_encoder.h"
 #include "engine/optimizer.h"
 #include "engine/runtime.h"
@@ -33,26 +34,12 @@
 
 namespace {
 
+using saegrid::bench::Flag;
+using saegrid::bench::FlagValue;
+using saegrid::bench::HasFlag;
+
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
-
-std::string FlagValue(int argc, char** argv, const std::string& name, const std::string& fallback) {
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (name == argv[i]) return argv[i + 1];
-  }
-  return fallback;
-}
-
-int64_t Flag(int argc, char** argv, const std::string& name, int64_t fallback) {
-  return std::atoll(FlagValue(argc, argv, name, std::to_string(fallback)).c_str());
-}
-
-bool HasFlag(int argc, char** argv, const std::string& name) {
-  for (int i = 1; i < argc; ++i) {
-    if (name == argv[i]) return true;
-  }
-  return false;
-}
 
 double Seconds(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
