@@ -2,8 +2,11 @@
 BUILD_DIR ?= build
 JOBS ?= 2
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
+# Seconds per libFuzzer harness in `make test` (docs/fuzzing.md); `make fuzz FUZZ_SECONDS=300`
+# runs them longer.
+FUZZ_SECONDS ?= 10
 
-.PHONY: deps build demo test bench clean
+.PHONY: deps build demo test fuzz bench clean
 
 deps:
 	./scripts/install-deps.sh
@@ -17,10 +20,15 @@ demo: build
 
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 900
+	./scripts/fuzz.sh --seconds $(FUZZ_SECONDS) --build-dir $(BUILD_DIR)-fuzz --jobs $(JOBS)
+
+# The parsers' libFuzzer harnesses alone (clang; their own build directory, no LibTorch).
+fuzz: deps
+	./scripts/fuzz.sh --seconds $(FUZZ_SECONDS) --build-dir $(BUILD_DIR)-fuzz --jobs $(JOBS)
 
 bench: build
 	./$(BUILD_DIR)/bench/step_bench
 	./$(BUILD_DIR)/bench/shard_bench
 
 clean:
-	rm -rf $(BUILD_DIR) out
+	rm -rf $(BUILD_DIR) $(BUILD_DIR)-fuzz out

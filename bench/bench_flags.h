@@ -1,28 +1,22 @@
-// Command-line flags of the benchmarks: `--name value` pairs, anywhere on the line.
+// Command-line flags of the benchmarks: base/flags.h's parser ("--name value", every flag
+// declared, errors name the flag); a bad flag ends the benchmark with exit code 2.
 #pragma once
 
-#include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <string>
+
+#include "base/flags.h"
 
 namespace saegrid::bench {
 
-inline std::string FlagValue(int argc, char** argv, const std::string& name, const std::string& fallback) {
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (name == argv[i]) return argv[i + 1];
+inline void ParseFlagsOrExit(int argc, char** argv, const std::map<std::string, FlagSpec>& flags) {
+  const absl::Status status = ParseFlags(argc - 1, argv + 1, flags);
+  if (!status.ok()) {
+    std::fprintf(stderr, "%s: %s\n", argv[0], std::string(status.message()).c_str());
+    std::exit(2);
   }
-  return fallback;
-}
-
-inline int64_t Flag(int argc, char** argv, const std::string& name, int64_t fallback) {
-  return std::atoll(FlagValue(argc, argv, name, std::to_string(fallback)).c_str());
-}
-
-inline bool HasFlag(int argc, char** argv, const std::string& name) {
-  for (int i = 1; i < argc; ++i) {
-    if (name == argv[i]) return true;
-  }
-  return false;
 }
 
 }  // namespace saegrid::bench

@@ -27,32 +27,54 @@
 
 namespace {
 
-using saegrid::bench::Flag;
-using saegrid::bench::FlagValue;
+struct Options {
+  int64_t rank = -1;  // >= 0: run as this rank (the parent starts the ranks with it)
+  int64_t shards = 1, steps = 3, batch = 4096, latents = 32768, k = 32, d = 768, threads = 1, port = 0;
+  std::string scratch = "/tmp", out = "/dev/stdout";
+};
+
+Options ParseOptions(int argc, char** argv) {
+  using saegrid::FlagSpec;
+  Options o;
+  constexpr int64_t kBig = int64_t{1} << 40;
+  saegrid::bench::ParseFlagsOrExit(argc, argv,
+                                   {{"--rank", FlagSpec::Int(&o.rank, 0, 1024)},
+                                    {"--shards", FlagSpec::Int(&o.shards, 1, 1024)},
+                                    {"--steps", FlagSpec::Int(&o.steps, 1, 100000)},
+                                    {"--batch", FlagSpec::Int(&o.batch, 1, kBig)},
+                                    {"--latents", FlagSpec::Int(&o.latents, 1, kBig)},
+                                    {"--k", FlagSpec::Int(&o.k, 1, kBig)},
+                                    {"--d", FlagSpec::Int(&o.d, 1, kBig)},
+                                    {"--threads", FlagSpec::Int(&o.threads, 0, 1 << 16)},
+                                    {"--port", FlagSpec::Int(&o.port, 0, 65535)},
+                                    {"--scratch", FlagSpec::String(&o.scratch)},
+                                    {"--out", FlagSpec::String(&o.out)}});
+  return o;
+}
 
 // One rank: trains `steps` + 1 steps and writes its figures as one JSON object to `out`.
-int RunRank(int argc, char** argv) {
-  const int rank = static_cast<int>(Flag(argc, argv, "--rank", 0));
-  const int shards = static_cast<int>(Flag(argc, argv, "--shards", 1));
-  const int steps = static_cast<int>(Flag(argc, argv, "--steps", 3));
-  const int64_t batch = Flag(argc, argv, "--batch", 4096);
+int RunRank(const Options& o) {
+  const int rank = static_cast<int>(o.rank);
+  const int shards = static_cast<int>(o.shards);
+  const int steps = static_cast<int>(o.steps);
+  const int64_t batch = o.batch;
   saegrid::TrainConfig config;
-  config.model.num_latents = Flag(argc, argv, "--latents", 32768);
-  config.model.k = Flag(argc, argv, "--k", 32);
+  config.model.num_latents = o.latents;
+  config.model.k = o.k;
   config.model.geometric_median_samples = 4096;
   config.data.use_synthetic = true;
-  config.data.synthetic.d = Flag(argc, argv, "--d", 768);
+  config.data.synthetic.d = o.d;
   config.data.synthetic.num_features = 2 * config.data.synthetic.d;
   config.data.synthetic.num_samples = batch * (steps + 2);
   config.data.batch_size = batch;
   config.data.eval_fraction = 0;
   config.training.total_tokens = batch * (steps + 1);
   config.checkpoint.resume = false;
-  config.checkpoint.output_dir = FlagValue(argc, argv, "--scratch", "/tmp");
-  config.runtime.num_threads = static_cast<int>(Flag(argc, argv, "--threads", 1));
+  config.checkpoint.output_dir = o.scratch;
+  config.runtime.num_threads = static_cast<int>(o.threads);
   config.parallelism.shards = shards;
   saegrid::RendezvousOptions options;
-  options.port = static_cast<int>(Flag(argc, argv, "--port", 0));
+  options.port = static_cast<int>(o.port);
   options.rank = rank;
   options.world_size = shards;
   auto gang = saegrid::JoinGang(config.parallelism, options, "127.0.0.1");
@@ -96,12 +118,12 @@ int RunRank(int argc, char** argv) {
         {"decode", total.decode / steps}, {"allreduce", total.allreduce / steps},
         {"backward", total.backward / steps}, {"optimizer", total.optimizer / steps}}},
       {"bytes_sent_per_step", ((*trainer)->bytes_sent() - bytes_before) / steps}};
-  std::ofstream(FlagValue(argc, argv, "--out", "/dev/stdout")) << j.dump() << "\n";
+  std::ofstream(o.out) << j.dump() << "\n";
   std::fflush(stdout);
   std::_Exit(0);  // skip the process groups' teardown
 }
 
-nlohmann::json RunLayout(int shards, int argc, char** argv) {
+nlohmann::json RunLayout(int shards, const Options& o) {
   const int port = saegrid::FindFreeLoopbackPort();
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   char scratch_template[] = "/tmp/saegrid_shard_bench_XXXXXX";
@@ -112,9 +134,9 @@ nlohmann::json RunLayout(int shards, int argc, char** argv) {
                                      std::to_string(shards), "--port", std::to_string(port), "--threads",
                                      std::to_string(std::max(1u, cores / shards)), "--scratch", scratch,
                                      "--out", scratch + "/rank" + std::to_string(rank) + ".json"};
-    for (const char* flag : {"--batch", "--d", "--latents", "--k", "--steps"}) {
-      const std::string v = FlagValue(argc, argv, flag, "");
-      if (!v.empty()) args.insert(args.end(), {flag, v});
+    for (const auto& [flag, value] : {std::pair<const char*, int64_t>{"--batch", o.batch}, {"--d", o.d},
+                                      {"--latents", o.latents}, {"--k", o.k}, {"--steps", o.steps}}) {
+      args.insert(args.end(), {flag, std::to_string(value)});
     }
     const pid_t pid = fork();
     if (pid == 0) {
@@ -149,15 +171,16 @@ nlohmann::json RunLayout(int shards, int argc, char** argv) {
 
 int main(int argc, char** argv) {
   saegrid::ReexecIfBlasMisdetected(argv);
-  if (!FlagValue(argc, argv, "--rank", "").empty()) return RunRank(argc, argv);
-  const auto s1 = RunLayout(1, argc, argv);
-  const auto s2 = RunLayout(2, argc, argv);
+  const Options o = ParseOptions(argc, argv);
+  if (o.rank >= 0) return RunRank(o);
+  const auto s1 = RunLayout(1, o);
+  const auto s2 = RunLayout(2, o);
   const nlohmann::json out = {
       {"benchmark", "sharded_topk_step"},
-      {"batch", Flag(argc, argv, "--batch", 4096)},
-      {"d_in", Flag(argc, argv, "--d", 768)},
-      {"num_latents", Flag(argc, argv, "--latents", 32768)},
-      {"k", Flag(argc, argv, "--k", 32)},
+      {"batch", o.batch},
+      {"d_in", o.d},
+      {"num_latents", o.latents},
+      {"k", o.k},
       {"cores", std::thread::hardware_concurrency()},
       {"layouts", {s1, s2}},
       {"step_time_ratio_s2_over_s1", s1["step_seconds"].get<double>() > 0

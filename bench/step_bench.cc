@@ -34,9 +34,6 @@
 
 namespace {
 
-using saegrid::bench::Flag;
-using saegrid::bench::FlagValue;
-using saegrid::bench::HasFlag;
 
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
@@ -239,13 +236,27 @@ json RunChild(const std::string& args) {
 
 int main(int argc, char** argv) {
   saegrid::ReexecIfBlasMisdetected(argv);
-  const Shape shape{Flag(argc, argv, "--batch", 4096), Flag(argc, argv, "--d", 768),
-                    Flag(argc, argv, "--latents", 32768), Flag(argc, argv, "--k", 32)};
-  const int repeats = static_cast<int>(Flag(argc, argv, "--repeats", 3));
-  const int threads_flag = static_cast<int>(Flag(argc, argv, "--threads", 0));
-  const int threads = saegrid::ConfigureThreads(threads_flag);
+  using saegrid::FlagSpec;
+  int64_t batch = 4096, d = 768, latents = 32768, k = 32, repeats_flag = 3, threads_flag = 0;
+  int64_t large_batch = 1024, large_latents = 262144;
+  std::string measure;
+  bool skip_large = false;
+  constexpr int64_t kBig = int64_t{1} << 40;
+  saegrid::bench::ParseFlagsOrExit(argc, argv,
+                                   {{"--batch", FlagSpec::Int(&batch, 1, kBig)},
+                                    {"--d", FlagSpec::Int(&d, 1, kBig)},
+                                    {"--latents", FlagSpec::Int(&latents, 1, kBig)},
+                                    {"--k", FlagSpec::Int(&k, 1, kBig)},
+                                    {"--repeats", FlagSpec::Int(&repeats_flag, 1, 1000)},
+                                    {"--threads", FlagSpec::Int(&threads_flag, 0, 1 << 16)},
+                                    {"--large-batch", FlagSpec::Int(&large_batch, 1, kBig)},
+                                    {"--large-latents", FlagSpec::Int(&large_latents, 1, kBig)},
+                                    {"--measure", FlagSpec::String(&measure)},
+                                    {"--skip-large", FlagSpec::Switch(&skip_large)}});
+  const Shape shape{batch, d, latents, k};
+  const int repeats = static_cast<int>(repeats_flag);
+  const int threads = saegrid::ConfigureThreads(static_cast<int>(threads_flag));
 
-  const std::string measure = FlagValue(argc, argv, "--measure", "");
   if (!measure.empty()) {
     json result;
     if (measure == "optimizer") {
@@ -310,9 +321,8 @@ int main(int argc, char** argv) {
         {"step_peak_above_state_below_fraction_of_bxn", 0.5},
         {"step_memory_met", transient_fraction < 0.5}}}};
 
-  if (!HasFlag(argc, argv, "--skip-large")) {
-    const Shape large{Flag(argc, argv, "--large-batch", 1024), shape.d,
-                      Flag(argc, argv, "--large-latents", 262144), shape.k};
+  if (!skip_large) {
+    const Shape large{large_batch, shape.d, large_latents, shape.k};
     const json wide = RunChild("--measure sparse_fp32 " + shape_args(large, 2));
     const double limit = 24.0 * (int64_t{1} << 30);
     report["wide_model_sparse_fp32"] = {

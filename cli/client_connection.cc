@@ -14,27 +14,18 @@ const char kConnectionFlagsHelp[] =
     "  --tls-ca FILE            talk TLS, trusting this CA\n"
     "  --json                   machine-readable output (one JSON object per line)\n";
 
-absl::Status ClientConnection::Init(std::vector<std::string>* args) {
-  std::string token_file;
-  if (const char* env = std::getenv("SAEGRID_COORDINATOR"); env != nullptr && *env) coordinator = env;
-  if (coordinator.empty()) coordinator = "127.0.0.1:50051";
-  std::vector<std::string> rest;
-  for (size_t i = 0; i < args->size(); ++i) {
-    const std::string& a = (*args)[i];
-    auto value = [&](std::string* target) -> absl::Status {
-      if (i + 1 >= args->size()) return absl::InvalidArgumentError(absl::StrCat(a, " needs a value"));
-      *target = (*args)[++i];
-      return absl::OkStatus();
-    };
-    absl::Status st;
-    if (a == "--coordinator") st = value(&coordinator);
-    else if (a == "--token-file") st = value(&token_file);
-    else if (a == "--tls-ca") st = value(&tls_ca);
-    else if (a == "--json") json = true;
-    else rest.push_back(a);
-    if (!st.ok()) return st;
+void ClientConnection::AddFlags(std::map<std::string, FlagSpec>* flags) {
+  (*flags)["--coordinator"] = FlagSpec::String(&coordinator);
+  (*flags)["--token-file"] = FlagSpec::String(&token_file);
+  (*flags)["--tls-ca"] = FlagSpec::String(&tls_ca);
+  (*flags)["--json"] = FlagSpec::Switch(&json);
+}
+
+absl::Status ClientConnection::Connect() {
+  if (coordinator.empty()) {
+    if (const char* env = std::getenv("SAEGRID_COORDINATOR"); env != nullptr && *env) coordinator = env;
   }
-  *args = rest;
+  if (coordinator.empty()) coordinator = "127.0.0.1:50051";
   auto secret = rpc::ReadSecret(token_file, "SAEGRID_CLIENT_TOKEN", "--token-file");
   if (!secret.ok()) return secret.status();
   token = *secret;

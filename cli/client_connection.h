@@ -2,11 +2,13 @@
 // TLS, output mode, and how RPC failures become messages and exit codes.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "base/flags.h"
 #include "saegrid/v1/job_service.grpc.pb.h"
 
 namespace saegrid::cli {
@@ -26,13 +28,16 @@ enum ExitCode {
 
 struct ClientConnection {
   std::string coordinator;  // --coordinator or SAEGRID_COORDINATOR, default 127.0.0.1:50051
-  std::string token;        // --token-file or SAEGRID_CLIENT_TOKEN
+  std::string token_file;   // --token-file
+  std::string token;        // read from token_file, else SAEGRID_CLIENT_TOKEN
   std::string tls_ca;       // --tls-ca
   bool json = false;        // --json
   std::unique_ptr<v1::JobService::Stub> stub;
 
-  // Consumes the common flags from `args` (the rest stay) and connects.
-  absl::Status Init(std::vector<std::string>* args);
+  // Adds the common flags (filling this object) to a command's own, to parse them together.
+  void AddFlags(std::map<std::string, FlagSpec>* flags);
+  // Reads the token and connects; after the flags are parsed.
+  absl::Status Connect();
   // A context with the token and a deadline (none for streams: 0).
   std::unique_ptr<grpc::ClientContext> Context(int deadline_seconds = 30) const;
 };

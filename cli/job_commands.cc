@@ -18,7 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "cli/client_connection.h"
-#include "engine/checkpoint_archive.h"
+#include "formats/checkpoint_archive.h"
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/time_util.h"
 #include "nlohmann/json.hpp"
@@ -61,20 +61,21 @@ struct Args {
   std::set<std::string> switches;
 };
 
+// Parses the connection's flags and the command's own (base/flags.h) in one pass.
 absl::Status ParseArgs(const std::vector<std::string>& args, const std::set<std::string>& value_flags,
-                       const std::set<std::string>& switch_flags, Args* out) {
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (value_flags.count(a)) {
-      if (i + 1 >= args.size()) return absl::InvalidArgumentError(absl::StrCat(a, " needs a value"));
-      out->values[a] = args[++i];
-    } else if (switch_flags.count(a)) {
-      out->switches.insert(a);
-    } else if (a.size() > 1 && a[0] == '-') {
-      return absl::InvalidArgumentError(absl::StrCat("unknown option ", a));
-    } else {
-      out->positional.push_back(a);
-    }
+                       const std::set<std::string>& switch_flags, ClientConnection* conn, Args* out) {
+  std::map<std::string, std::string> values;  // every declared flag; the ones given are copied out
+  std::map<std::string, bool> switches;
+  std::map<std::string, FlagSpec> flags;
+  conn->AddFlags(&flags);
+  for (const auto& f : value_flags) flags[f] = FlagSpec::String(&values[f]);
+  for (const auto& f : switch_flags) flags[f] = FlagSpec::Switch(&switches[f]);
+  if (auto st = ParseFlags(args, flags, &out->positional); !st.ok()) return st;
+  for (const auto& [flag, value] : values) {
+    if (!value.empty()) out->values[flag] = value;
+  }
+  for (const auto& [flag, on] : switches) {
+    if (on) out->switches.insert(flag);
   }
   return absl::OkStatus();
 }
@@ -84,11 +85,10 @@ absl::Status ParseArgs(const std::vector<std::string>& args, const std::set<std:
 std::optional<int> Prepare(const std::string& command, const char* usage, const char* what, int argc, char** argv,
                            const std::set<std::string>& value_flags, const std::set<std::string>& switch_flags,
                            ClientConnection* conn, Args* args) {
-  std::vector<std::string> raw(argv, argv + argc);
-  if (auto st = conn->Init(&raw); !st.ok()) return UsageError(command, std::string(st.message()), usage);
-  auto st = ParseArgs(raw, value_flags, switch_flags, args);
+  auto st = ParseArgs(std::vector<std::string>(argv, argv + argc), value_flags, switch_flags, conn, args);
   if (!st.ok()) return UsageError(command, std::string(st.message()), usage);
   if (args->positional.size() != 1) return UsageError(command, absl::StrCat("expected one ", what), usage);
+  if (st = conn->Connect(); !st.ok()) return UsageError(command, std::string(st.message()), usage);
   return std::nullopt;
 }
 
@@ -243,38 +243,39 @@ int RunGetCommand(int argc, char** argv) {
 int RunListCommand(int argc, char** argv) {
   static const char usage[] =
       "usage: saegrid list [--state STATE[,STATE]] [--label KEY=VALUE]... [--page-size N] [--page-token T] [--all]\n";
-  std::vector<std::string> raw(argv, argv + argc);
   ClientConnection conn;
-  if (auto st = conn.Init(&raw); !st.ok()) return UsageError("list", std::string(st.message()), usage);
-  v1::ListJobsRequest request;
+  std::string states, page_token;
+  std::vector<std::string> labels, positional;
+  int64_t page_size = 0;
   bool all_pages = false;
-  for (size_t i = 0; i < raw.size(); ++i) {
-    const std::string& a = raw[i];
-    const bool has_value = i + 1 < raw.size();
-    if (a == "--all") {
-      all_pages = true;
-    } else if (a == "--state" && has_value) {
-      for (absl::string_view s : absl::StrSplit(raw[++i], ',')) {
-        v1::JobState state;
-        if (!v1::JobState_Parse(absl::StrCat("JOB_STATE_", absl::AsciiStrToUpper(s)), &state)) {
-          return UsageError("list", absl::StrCat("--state: unknown state '", s, "'"), usage);
-        }
-        request.add_states(state);
+  std::map<std::string, FlagSpec> flags = {{"--all", FlagSpec::Switch(&all_pages)},
+                                           {"--state", FlagSpec::String(&states)},
+                                           {"--label", FlagSpec::List(&labels)},
+                                           {"--page-size", FlagSpec::Int(&page_size, 0, 1 << 30)},
+                                           {"--page-token", FlagSpec::String(&page_token)}};
+  conn.AddFlags(&flags);
+  if (auto st = ParseFlags(argc, argv, flags, &positional); !st.ok()) {
+    return UsageError("list", std::string(st.message()), usage);
+  }
+  if (!positional.empty()) return UsageError("list", absl::StrCat("unexpected argument ", positional[0]), usage);
+  if (auto st = conn.Connect(); !st.ok()) return UsageError("list", std::string(st.message()), usage);
+  v1::ListJobsRequest request;
+  if (!states.empty()) {
+    for (absl::string_view s : absl::StrSplit(states, ',')) {
+      v1::JobState state;
+      if (!v1::JobState_Parse(absl::StrCat("JOB_STATE_", absl::AsciiStrToUpper(s)), &state)) {
+        return UsageError("list", absl::StrCat("--state: unknown state '", s, "'"), usage);
       }
-    } else if (a == "--label" && has_value) {
-      std::vector<std::string> kv = absl::StrSplit(raw[++i], absl::MaxSplits('=', 1));
-      if (kv.size() != 2) return UsageError("list", "--label: expected KEY=VALUE", usage);
-      (*request.mutable_labels())[kv[0]] = kv[1];
-    } else if (a == "--page-size" && has_value) {
-      int n = 0;
-      if (!absl::SimpleAtoi(raw[++i], &n)) return UsageError("list", "--page-size: expected a number", usage);
-      request.set_page_size(n);
-    } else if (a == "--page-token" && has_value) {
-      request.set_page_token(raw[++i]);
-    } else {
-      return UsageError("list", absl::StrCat("unexpected argument ", a), usage);
+      request.add_states(state);
     }
   }
+  for (const std::string& label : labels) {
+    std::vector<std::string> kv = absl::StrSplit(label, absl::MaxSplits('=', 1));
+    if (kv.size() != 2) return UsageError("list", "--label: expected KEY=VALUE", usage);
+    (*request.mutable_labels())[kv[0]] = kv[1];
+  }
+  request.set_page_size(static_cast<int>(page_size));
+  request.set_page_token(page_token);
   if (!conn.json) absl::PrintF("%-12s %-11s %-24s %-18s %s\n", "JOB", "STATE", "NAME", "PROGRESS", "MESSAGE");
   while (true) {
     v1::ListJobsResponse response;

@@ -46,7 +46,7 @@ int RunLocalRanks(int num_ranks, const std::vector<std::string>& args, bool args
   std::fflush(stderr);
   g_children.assign(num_ranks, -1);
   for (int rank = 0; rank < num_ranks; ++rank) {
-    std::vector<std::string> argv_strings = {"/proc/self/exe", "train"};
+    std::vector<std::string> argv_strings = {"/proc/self/exe"};  // saegrid-train
     argv_strings.insert(argv_strings.end(), args.begin(), args.end());
     for (const std::string& extra :
          {std::string("--rank"), absl::StrCat(rank), std::string("--world-size"), absl::StrCat(num_ranks),

@@ -1,5 +1,5 @@
 // `saegrid train --local-ranks N`: starts N ranks of one gang on this machine, as child processes
-// of this binary on a free loopback port, and waits for them.
+// of this binary (saegrid-train) on a free loopback port, and waits for them.
 #pragma once
 
 #include <string>

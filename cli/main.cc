@@ -1,11 +1,17 @@
-// saegrid: the command-line client. Subcommands live one per file.
+// saegrid: the command-line client. Subcommands live one per file. The service commands need
+// no LibTorch, so this binary does not link it: `saegrid train` execs saegrid-train.
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_format.h"
+#include "base/exit_code.h"
 #include "cli/job_commands.h"
-#include "cli/train_command.h"
-#include "engine/runtime.h"
 
 namespace {
 
@@ -25,6 +31,21 @@ constexpr char kUsage[] =
     "exit codes: 0 ok; 1 job FAILED; 2 bad usage or request rejected; 3 coordinator unreachable;\n"
     "  4 not found; 5 not authenticated; 6 data loss (sha256); 7 job CANCELLED; 8 other error\n";
 
+// Runs `saegrid-train ARGS` from this executable's directory in place of this process.
+int ExecTrainer(int argc, char** argv) {
+  std::error_code ec;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  const std::string trainer = ec ? std::string("saegrid-train") : (self.parent_path() / "saegrid-train").string();
+  std::vector<char*> args = {const_cast<char*>(trainer.c_str())};
+  for (int i = 0; i < argc; ++i) args.push_back(argv[i]);
+  args.push_back(nullptr);
+  std::fflush(stdout);
+  ::execv(trainer.c_str(), args.data());
+  absl::FPrintF(stderr, "saegrid train: cannot run %s: %s (saegrid-train is installed next to saegrid)\n", trainer,
+                std::strerror(errno));
+  return saegrid::ToInt(saegrid::TrainExitCode::kFailed);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -34,10 +55,7 @@ int main(int argc, char** argv) {
   }
   const std::string command = argv[1];
   namespace cli = saegrid::cli;
-  if (command == "train") {
-    saegrid::ReexecIfBlasMisdetected(argv);
-    return cli::RunTrainCommand(argc - 2, argv + 2);
-  }
+  if (command == "train") return ExecTrainer(argc - 2, argv + 2);
   if (command == "submit") return cli::RunSubmitCommand(argc - 2, argv + 2);
   if (command == "get") return cli::RunGetCommand(argc - 2, argv + 2);
   if (command == "list") return cli::RunListCommand(argc - 2, argv + 2);

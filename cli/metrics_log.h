@@ -1,15 +1,23 @@
-// `--metrics-jsonl FILE`: one JSON object per training step (with this rank's time per phase),
-// one per checkpoint (with its write time) and one for the final evaluation, appended as lines,
-// for the worker daemon, scripts and tests that compare runs step by step.
+// `--metrics-jsonl FILE`: one saegrid.v1.RankEvent (proto/saegrid/v1/rank_event.proto) per line,
+// in proto JSON: each training step (with this rank's time per phase), each checkpoint (with its
+// write time, tokens and size), the final evaluation, and, when the rank fails, a RankFailure as
+// its last line. The worker daemon reads it; so do scripts and tests that compare runs step by step.
 #pragma once
 
 #include <chrono>
 #include <cstdio>
 #include <string>
+#include <vector>
 
+#include "base/exit_code.h"
 #include "engine/trainer.h"
+#include "saegrid/v1/rank_event.pb.h"
 
 namespace saegrid::cli {
+
+// The typed records of the engine's figures.
+v1::TrainingStep ToTrainingStep(const StepMetrics& m);
+v1::Evaluation ToEvaluation(const EvalResult& result, int64_t step);
 
 class MetricsLog : public TrainingObserver {
  public:
@@ -17,13 +25,19 @@ class MetricsLog : public TrainingObserver {
   explicit MetricsLog(const std::string& path);
   ~MetricsLog() override;
   bool ok() const { return file_ != nullptr; }
+  // The trainer whose tokens and step the checkpoint and evaluation records carry (the observer
+  // calls do not pass them). Until set they are 0.
+  void set_trainer(const Trainer* trainer) { trainer_ = trainer; }
   void OnStep(const StepMetrics& m) override;
   void OnCheckpoint(const std::string& dir, int64_t step) override;
   void OnEvaluation(const EvalResult& result) override;
+  // The rank's last record before it exits with `code`; `message` is made one line.
+  void WriteFailure(TrainExitCode code, const std::string& message);
 
  private:
-  void Write(const std::string& line);
+  void Write(const v1::RankEvent& event);
   FILE* file_;
+  const Trainer* trainer_ = nullptr;
   std::chrono::steady_clock::time_point last_event_ = std::chrono::steady_clock::now();
 };
 

@@ -1,10 +1,12 @@
-// `saegrid train`: trains one SAE locally from a job specification file.
+// `saegrid-train` (what `saegrid train` runs): trains one SAE from a job specification, locally
+// or as one rank of a gang.
 #pragma once
 
 namespace saegrid::cli {
 
-// Exit codes: 0 trained, 2 bad usage or configuration, 1 training or I/O failure,
-// 3 lost a peer rank (or the rendezvous), 130 interrupted (a final checkpoint was written).
+// `argv` are the arguments after the program name. Returns (or, for one rank of a gang, exits
+// with) a saegrid::TrainExitCode (base/exit_code.h). Allocation failures anywhere in setting up
+// or training end with kOutOfMemory and one line "out of memory: ...", not an abort.
 int RunTrainCommand(int argc, char** argv);
 
 }  // namespace saegrid::cli

@@ -43,7 +43,7 @@ grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* ctx, const v1::ListJo
 
 grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* ctx, const v1::CancelJobRequest* req, v1::Job* resp) {
   SAEGRID_RETURN_IF_UNAUTHORIZED(*auth_, ctx, rpc::Role::kClient);
-  if (req->grace_seconds() < 0 || req->grace_seconds() > 3600) {
+  if (!(req->grace_seconds() >= 0 && req->grace_seconds() <= 3600)) {  // NaN fails both
     return {grpc::StatusCode::INVALID_ARGUMENT, "grace_seconds: must be in [0, 3600]"};
   }
   auto r = coordinator_->CancelJob(req->job_id(), absl::Seconds(req->grace_seconds()));
@@ -55,7 +55,7 @@ grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* ctx, const v1::Cance
 grpc::Status JobServiceImpl::WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,
                                       grpc::ServerWriter<v1::JobUpdate>* writer) {
   SAEGRID_RETURN_IF_UNAUTHORIZED(*auth_, ctx, rpc::Role::kClient);
-  if (req->progress_interval_seconds() < 0 || req->progress_interval_seconds() > 3600) {
+  if (!(req->progress_interval_seconds() >= 0 && req->progress_interval_seconds() <= 3600)) {  // NaN fails both
     return {grpc::StatusCode::INVALID_ARGUMENT, "progress_interval_seconds: must be in [0, 3600]"};
   }
   const absl::Duration interval =
@@ -119,12 +119,8 @@ grpc::Status JobServiceImpl::ListCheckpoints(grpc::ServerContext* ctx, const v1:
   return grpc::Status::OK;
 }
 
-grpc::Status StreamCheckpoint(Coordinator* coordinator, grpc::ServerContext* ctx, const std::string& job_id,
-                              int64_t step, int64_t offset, grpc::ServerWriter<v1::CheckpointChunk>* writer) {
-  if (step < 0) return {grpc::StatusCode::INVALID_ARGUMENT, "step: must be >= 0 (0: the newest)"};
-  auto found = coordinator->FindCheckpoint(job_id, step);
-  if (!found.ok()) return rpc::ToGrpcStatus(found.status());
-  const auto& [info, path] = *found;
+grpc::Status StreamCheckpoint(grpc::ServerContext* ctx, const v1::CheckpointInfo& info, const std::string& path,
+                              int64_t offset, grpc::ServerWriter<v1::CheckpointChunk>* writer) {
   if (offset < 0 || offset > info.size_bytes()) {
     return {grpc::StatusCode::OUT_OF_RANGE,
             absl::StrCat("offset ", offset, " is outside the checkpoint (", info.size_bytes(), " bytes)")};
@@ -157,7 +153,10 @@ grpc::Status StreamCheckpoint(Coordinator* coordinator, grpc::ServerContext* ctx
 grpc::Status JobServiceImpl::DownloadCheckpoint(grpc::ServerContext* ctx, const v1::DownloadCheckpointRequest* req,
                                                 grpc::ServerWriter<v1::CheckpointChunk>* writer) {
   SAEGRID_RETURN_IF_UNAUTHORIZED(*auth_, ctx, rpc::Role::kClient);
-  return StreamCheckpoint(coordinator_, ctx, req->job_id(), req->step(), req->offset(), writer);
+  if (req->step() < 0) return {grpc::StatusCode::INVALID_ARGUMENT, "step: must be >= 0 (0: the newest)"};
+  auto found = coordinator_->FindCheckpoint(req->job_id(), req->step());
+  if (!found.ok()) return rpc::ToGrpcStatus(found.status());
+  return StreamCheckpoint(ctx, found->first, found->second, req->offset(), writer);
 }
 
 grpc::Status JobServiceImpl::GetEvaluation(grpc::ServerContext* ctx, const v1::GetEvaluationRequest* req,

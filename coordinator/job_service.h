@@ -33,7 +33,7 @@ class JobServiceImpl final : public v1::JobService::Service {
 };
 
 // Streams a stored checkpoint archive from `offset` (shared with WorkerService.FetchCheckpoint).
-grpc::Status StreamCheckpoint(Coordinator* coordinator, grpc::ServerContext* ctx, const std::string& job_id,
-                              int64_t step, int64_t offset, grpc::ServerWriter<v1::CheckpointChunk>* writer);
+grpc::Status StreamCheckpoint(grpc::ServerContext* ctx, const v1::CheckpointInfo& info, const std::string& path,
+                              int64_t offset, grpc::ServerWriter<v1::CheckpointChunk>* writer);
 
 }  // namespace saegrid::coordinator

@@ -17,6 +17,7 @@
 #include "metrics/metrics_server.h"
 #include "metrics/rpc_metrics.h"
 #include "rpc/command_line.h"
+#include "rpc/malformed_request.h"
 #include "rpc/security.h"
 
 namespace {
@@ -34,7 +35,7 @@ constexpr char kUsage[] =
     "  --heartbeat-timeout S       a worker silent this long is lost (default 10)\n"
     "  --restart-backoff S         first restart delay, doubling up to 60 s (default 1)\n"
     "  --reconnect-grace S         after a restart, time for running ranks to report (default 20)\n"
-    "  --metrics-listen HOST:PORT  serve Prometheus /metrics here (default 0.0.0.0:9464; \"off\": none)\n"
+    "  --metrics-listen HOST:PORT  serve Prometheus /metrics here (default 127.0.0.1:9464; \"off\": none)\n"
     "  --metrics-port-file FILE    write the bound metrics port here\n"
     "  --health-listen HOST:PORT   also serve the health service alone, in plaintext, here (for\n"
     "                              Kubernetes gRPC probes when the API uses TLS)\n"
@@ -52,7 +53,7 @@ int main(int argc, char** argv) {
   sigset_t signals = rpc::BlockTerminationSignals();  // before gRPC starts any thread
   std::string listen = "127.0.0.1:50051", port_file, data_dir = "saegrid-data", client_token_file,
               worker_token_file, tls_cert, tls_key, heartbeat_interval = "1", heartbeat_timeout = "10",
-              restart_backoff = "1", reconnect_grace = "20", metrics_listen = "0.0.0.0:9464", metrics_port_file,
+              restart_backoff = "1", reconnect_grace = "20", metrics_listen = "127.0.0.1:9464", metrics_port_file,
               health_listen;
   bool allow_unauthenticated = false, help = false;
   auto parsed = rpc::ParseFlags(argc - 1, argv + 1,
@@ -98,6 +99,18 @@ int main(int argc, char** argv) {
     return Fail("no client or worker token: give --client-token-file and --worker-token-file (or "
                 "SAEGRID_CLIENT_TOKEN / SAEGRID_WORKER_TOKEN), or --allow-unauthenticated");
   }
+  for (const auto& [token, what] : {std::pair{&*client_token, "client token"}, std::pair{&*worker_token, "worker token"}}) {
+    if (!token->empty() && token->size() < rpc::kMinTokenLength) {
+      return Fail(absl::StrCat("the ", what, " has ", token->size(), " characters; use at least ", rpc::kMinTokenLength,
+                               " (e.g. openssl rand -hex 32)"));
+    }
+  }
+  if (allow_unauthenticated && (client_token->empty() || worker_token->empty())) {
+    absl::FPrintF(stderr, "saegrid-coordinator: WARNING: --allow-unauthenticated: %s%s%s accept calls without a "
+                          "token; anyone who reaches %s can submit jobs or pose as a worker\n",
+                  client_token->empty() ? "JobService" : "", client_token->empty() && worker_token->empty() ? " and " : "",
+                  worker_token->empty() ? "WorkerService" : "", listen);
+  }
   if (!client_token->empty() && *client_token == *worker_token) {
     return Fail("the client and worker tokens must differ");
   }
@@ -120,17 +133,22 @@ int main(int argc, char** argv) {
   if (!coordinator.ok()) return Fail(std::string(coordinator.status().message()));
   std::unique_ptr<metrics::MetricsServer> metrics_server;
   std::unique_ptr<coordinator::CoordinatorMetrics> coordinator_metrics;
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<rpc::MalformedRequestInterceptorFactory>());
   if (metrics_listen != "off") {
     auto started = metrics::MetricsServer::Start(metrics_listen, "coordinator");
     if (!started.ok()) return Fail(std::string(started.status().message()));
     metrics_server = *std::move(started);
     coordinator_metrics = std::make_unique<coordinator::CoordinatorMetrics>(metrics_server->registry());
     (*coordinator)->SetMetrics(coordinator_metrics.get());
-    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
     interceptors.push_back(std::make_unique<metrics::RpcMetrics>(metrics_server->registry()));
-    builder.experimental().SetInterceptorCreators(std::move(interceptors));
-    if (!metrics_port_file.empty()) rpc::WriteFileAtomically(metrics_port_file, absl::StrCat(metrics_server->port(), "\n"));
+    if (!metrics_port_file.empty()) {
+      if (auto st = rpc::WriteFileAtomically(metrics_port_file, absl::StrCat(metrics_server->port(), "\n")); !st.ok()) {
+        return Fail(absl::StrCat("--metrics-port-file: ", st.message()));
+      }
+    }
   }
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   rpc::TokenAuthenticator auth(*client_token, *worker_token);
   coordinator::JobServiceImpl job_service(coordinator->get(), &auth);
   coordinator::WorkerServiceImpl worker_service(coordinator->get(), &auth);
@@ -154,7 +172,11 @@ int main(int argc, char** argv) {
   for (const char* name : {"liveness", "readiness", "saegrid.v1.JobService", "saegrid.v1.WorkerService"}) {
     set_health(name, true);
   }
-  if (!port_file.empty()) rpc::WriteFileAtomically(port_file, absl::StrCat(port, "\n"));
+  if (!port_file.empty()) {
+    if (auto st = rpc::WriteFileAtomically(port_file, absl::StrCat(port, "\n")); !st.ok()) {
+      return Fail(absl::StrCat("--port-file: ", st.message()));
+    }
+  }
   absl::FPrintF(stdout, "saegrid-coordinator: serving on port %d (data %s%s), metrics on %s\n", port, data_dir,
                 tls_cert.empty() ? "" : ", TLS",
                 metrics_server ? absl::StrCat("port ", metrics_server->port()) : std::string("none"));
@@ -162,7 +184,18 @@ int main(int argc, char** argv) {
 
   absl::Notification stopping;
   std::thread ticker([&] {
-    while (!stopping.WaitForNotificationWithTimeout(absl::Milliseconds(200))) (*coordinator)->Tick();
+    bool ready = true;
+    while (!stopping.WaitForNotificationWithTimeout(absl::Milliseconds(200))) {
+      (*coordinator)->Tick();
+      // A failed durable write is sticky: readiness goes false so that traffic moves elsewhere
+      // and an operator restarts this process.
+      const absl::Status health = (*coordinator)->health();
+      if (ready && !health.ok()) {
+        absl::FPrintF(stderr, "saegrid-coordinator: not ready: %s\n", health.message());
+        set_health("readiness", false);
+        ready = false;
+      }
+    }
   });
   int signal = 0;
   sigwait(&signals, &signal);

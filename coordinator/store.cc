@@ -86,7 +86,7 @@ class Statement {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path, absl::Duration busy_timeout) {
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
                       nullptr) != SQLITE_OK) {
@@ -95,8 +95,9 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
     return absl::FailedPreconditionError(absl::StrCat("cannot open database ", path, ": ", message));
   }
   std::unique_ptr<Store> store(new Store(db));
-  for (const char* pragma : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON",
-                             "PRAGMA busy_timeout=5000"}) {
+  const std::string busy = absl::StrCat("PRAGMA busy_timeout=", absl::ToInt64Milliseconds(busy_timeout));
+  for (const std::string& pragma : {std::string("PRAGMA journal_mode=WAL"), std::string("PRAGMA synchronous=FULL"),
+                                    std::string("PRAGMA foreign_keys=ON"), busy}) {
     auto st = store->Exec(pragma);
     if (!st.ok()) return absl::FailedPreconditionError(absl::StrCat("database ", path, ": ", st.message()));
   }
@@ -175,7 +176,39 @@ absl::StatusOr<StoredState> Store::LoadAll() {
   return state;
 }
 
+absl::Status Store::health() const {
+  absl::MutexLock lock(&mu_);
+  return failure_;
+}
+
+template <typename Save>
+absl::Status Store::Guarded(Save save) {
+  absl::MutexLock lock(&mu_);
+  if (!failure_.ok()) return failure_;
+  absl::Status st = save();
+  if (!st.ok()) {
+    failure_ = absl::UnavailableError(absl::StrCat(
+        "the coordinator's database failed (", st.message(),
+        "); it acknowledges nothing new until it is restarted"));
+    return failure_;
+  }
+  return st;
+}
+
 absl::Status Store::SaveJob(const v1::Job& job, std::vector<v1::JobEvent>* new_events) {
+  return Guarded([&] { return SaveJobLocked(job, new_events); });
+}
+absl::Status Store::SaveWorker(const StoredWorker& worker) {
+  return Guarded([&] { return SaveWorkerLocked(worker); });
+}
+absl::Status Store::SaveCheckpoint(const StoredCheckpoint& checkpoint) {
+  return Guarded([&] { return SaveCheckpointLocked(checkpoint); });
+}
+absl::Status Store::SaveEvaluation(const v1::Evaluation& evaluation) {
+  return Guarded([&] { return SaveEvaluationLocked(evaluation); });
+}
+
+absl::Status Store::SaveJobLocked(const v1::Job& job, std::vector<v1::JobEvent>* new_events) {
   if (auto st = Exec("BEGIN IMMEDIATE"); !st.ok()) return st;
   auto fail = [&](const std::string& what) {
     absl::Status st = Error(what);
@@ -215,7 +248,7 @@ absl::Status Store::SaveJob(const v1::Job& job, std::vector<v1::JobEvent>* new_e
   return absl::OkStatus();
 }
 
-absl::Status Store::SaveWorker(const StoredWorker& worker) {
+absl::Status Store::SaveWorkerLocked(const StoredWorker& worker) {
   Statement s(db_,
               "INSERT INTO workers (worker_id, last_seen_ms, capabilities) VALUES (?1, ?2, ?3) "
               "ON CONFLICT(worker_id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms, "
@@ -226,7 +259,7 @@ absl::Status Store::SaveWorker(const StoredWorker& worker) {
   return absl::OkStatus();
 }
 
-absl::Status Store::SaveCheckpoint(const StoredCheckpoint& c) {
+absl::Status Store::SaveCheckpointLocked(const StoredCheckpoint& c) {
   Statement s(db_,
               "INSERT INTO checkpoints (job_id, step, path, bad, record) VALUES (?1, ?2, ?3, ?4, ?5) "
               "ON CONFLICT(job_id, step) DO UPDATE SET path = excluded.path, bad = excluded.bad, "
@@ -237,7 +270,7 @@ absl::Status Store::SaveCheckpoint(const StoredCheckpoint& c) {
   return absl::OkStatus();
 }
 
-absl::Status Store::SaveEvaluation(const v1::Evaluation& e) {
+absl::Status Store::SaveEvaluationLocked(const v1::Evaluation& e) {
   Statement s(db_,
               "INSERT INTO evaluations (job_id, step, record) VALUES (?1, ?2, ?3) "
               "ON CONFLICT(job_id) DO UPDATE SET step = excluded.step, record = excluded.record");

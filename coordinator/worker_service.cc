@@ -23,17 +23,18 @@ grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* ctx,
                                           grpc::ServerReaderWriter<v1::WorkerCommands, v1::WorkerHeartbeat>* stream) {
   SAEGRID_RETURN_IF_UNAUTHORIZED(*auth_, ctx, rpc::Role::kWorker);
   v1::WorkerHeartbeat heartbeat;
-  std::string worker_id;
+  std::string worker_id, session;  // of the stream's first accepted heartbeat
   while (stream->Read(&heartbeat)) {
-    if (!worker_id.empty() && heartbeat.worker_id() != worker_id) {
-      return {grpc::StatusCode::INVALID_ARGUMENT, "worker_id changed within one heartbeat stream"};
+    if (!worker_id.empty() && (heartbeat.worker_id() != worker_id || heartbeat.session() != session)) {
+      return {grpc::StatusCode::INVALID_ARGUMENT, "worker_id or session changed within one heartbeat stream"};
     }
-    worker_id = heartbeat.worker_id();
     auto commands = coordinator_->Heartbeat(heartbeat);
     if (!commands.ok()) return rpc::ToGrpcStatus(commands.status());
+    worker_id = heartbeat.worker_id();
+    session = heartbeat.session();
     if (!stream->Write(*commands)) break;
   }
-  if (!worker_id.empty()) coordinator_->WorkerStreamClosed(worker_id);
+  if (!worker_id.empty()) coordinator_->WorkerStreamClosed(worker_id, session);
   return grpc::Status::OK;
 }
 
@@ -94,7 +95,9 @@ grpc::Status WorkerServiceImpl::UploadCheckpoint(grpc::ServerContext* ctx,
 grpc::Status WorkerServiceImpl::FetchCheckpoint(grpc::ServerContext* ctx, const v1::FetchCheckpointRequest* req,
                                                 grpc::ServerWriter<v1::CheckpointChunk>* writer) {
   SAEGRID_RETURN_IF_UNAUTHORIZED(*auth_, ctx, rpc::Role::kWorker);
-  return StreamCheckpoint(coordinator_, ctx, req->job_id(), req->step(), req->offset(), writer);
+  auto found = coordinator_->AuthorizeFetch(*req);
+  if (!found.ok()) return rpc::ToGrpcStatus(found.status());
+  return StreamCheckpoint(ctx, found->first, found->second, req->offset(), writer);
 }
 
 grpc::Status WorkerServiceImpl::ReportResult(grpc::ServerContext* ctx, const v1::ReportResultRequest* req,

@@ -14,12 +14,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/safetensors.h"
+#include "formats/trainer_state.h"
 
 namespace saegrid {
 namespace fs = std::filesystem;
 namespace {
 
-constexpr int kFormatVersion = 1;
+constexpr int kFormatVersion = kTrainerStateFormatVersion;
 constexpr char kLatest[] = "LATEST";
 
 std::string CheckpointsDir(const std::string& output_dir) {
@@ -126,29 +127,28 @@ nlohmann::json ModelConfigToJson(const ModelConfig& m) {
           {"normalize_inputs", m.normalize_inputs == InputNormalization::kLayerNorm ? "layer_norm" : "none"}};
 }
 
-absl::StatusOr<ModelConfig> ModelConfigFromJson(const nlohmann::json& j) {
+namespace {
+
+ModelConfig ModelConfigFromRecord(const TrainerStateModel& r) {
   ModelConfig m;
-  try {
-    const std::string arch = j.at("architecture").get<std::string>();
-    if (arch != "topk" && arch != "relu") return absl::DataLossError("unknown architecture " + arch);
-    m.architecture = arch == "topk" ? Architecture::kTopK : Architecture::kReLU;
-    m.d_in = j.at("d_in").get<int64_t>();
-    m.num_latents = j.at("num_latents").get<int64_t>();
-    m.k = j.at("k").get<int64_t>();
-    m.k_aux = j.value("k_aux", int64_t{0});
-    m.auxk_alpha = j.value("auxk_alpha", m.auxk_alpha);
-    m.dead_tokens_threshold = j.value("dead_tokens_threshold", m.dead_tokens_threshold);
-    m.l1_coefficient = j.value("l1_coefficient", m.l1_coefficient);
-    m.normalize_inputs = j.value("normalize_inputs", std::string("none")) == "layer_norm"
-                             ? InputNormalization::kLayerNorm
-                             : InputNormalization::kNone;
-  } catch (const nlohmann::json::exception& e) {
-    return absl::DataLossError(absl::StrCat("model config: ", e.what()));
-  }
-  if (m.d_in <= 0 || m.num_latents <= 0 || m.k <= 0) {
-    return absl::DataLossError("model config: d_in, num_latents and k must be positive");
-  }
+  m.architecture = r.architecture == "topk" ? Architecture::kTopK : Architecture::kReLU;
+  m.d_in = r.d_in;
+  m.num_latents = r.num_latents;
+  m.k = r.k;
+  m.k_aux = r.k_aux;
+  m.auxk_alpha = r.auxk_alpha;
+  m.dead_tokens_threshold = r.dead_tokens_threshold;
+  m.l1_coefficient = r.l1_coefficient;
+  m.normalize_inputs = r.normalize_inputs == "layer_norm" ? InputNormalization::kLayerNorm : InputNormalization::kNone;
   return m;
+}
+
+}  // namespace
+
+absl::StatusOr<ModelConfig> ModelConfigFromJson(const nlohmann::json& j) {
+  auto record = ParseTrainerStateModel(j, "model config");
+  if (!record.ok()) return record.status();
+  return ModelConfigFromRecord(*record);
 }
 
 std::string CheckpointTempDir(const std::string& output_dir, int64_t step) {
@@ -254,24 +254,19 @@ absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& output_dir) 
 }
 
 absl::StatusOr<ModelConfig> ReadCheckpointModel(const std::string& step_dir) {
-  const std::string json_path = (fs::path(step_dir) / "trainer_state.json").string();
-  auto j = ReadJson(json_path);
-  if (!j.ok()) return j.status();
-  auto model = ModelConfigFromJson((*j).value("model", nlohmann::json::object()));
-  if (!model.ok()) return absl::DataLossError(json_path + ": " + std::string(model.status().message()));
-  return model;
+  auto record = ReadTrainerStateFile((fs::path(step_dir) / "trainer_state.json").string());
+  if (!record.ok()) return record.status();
+  return ModelConfigFromRecord(record->model);
 }
 
 absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& step_dir, int64_t latent_begin,
                                                 int64_t latent_end) {
   LoadedCheckpoint out;
   out.dir = step_dir;
-  const std::string json_path = (fs::path(step_dir) / "trainer_state.json").string();
-  auto j = ReadJson(json_path);
-  if (!j.ok()) return j.status();
-  auto model = ModelConfigFromJson((*j).value("model", nlohmann::json::object()));
-  if (!model.ok()) return absl::DataLossError(json_path + ": " + std::string(model.status().message()));
-  out.model = *model;
+  // Every value is validated (formats/trainer_state.h) before it steers the resumed run.
+  auto record = ReadTrainerStateFile((fs::path(step_dir) / "trainer_state.json").string());
+  if (!record.ok()) return record.status();
+  out.model = ModelConfigFromRecord(record->model);
   const int64_t n = out.model.num_latents, d = out.model.d_in;
   if (latent_end < 0) latent_end = n;
   if (latent_begin < 0 || latent_begin >= latent_end || latent_end > n) {
@@ -281,37 +276,16 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& step_dir, int
   auto& s = out.state;
   s.latent_begin = latent_begin;
   s.latent_end = latent_end;
+  s.step = record->step;
+  s.tokens = record->tokens;
+  s.cursor.epoch = record->cursor_epoch;
+  s.cursor.offset = record->cursor_offset;
+  s.adam_step = record->adam_step;
+  s.ema_updates = record->ema_updates;
+  s.overflow_tokens = record->overflow_tokens;
   std::vector<StateSliceInfo> slices;
-  try {
-    if (j->at("format_version").get<int>() != kFormatVersion) {
-      return absl::DataLossError(json_path + ": unsupported format_version");
-    }
-    s.step = j->at("step").get<int64_t>();
-    s.tokens = j->at("tokens").get<int64_t>();
-    s.cursor.epoch = j->at("data_cursor").at("epoch").get<int64_t>();
-    s.cursor.offset = j->at("data_cursor").at("offset").get<int64_t>();
-    s.adam_step = j->at("adam_step").get<int64_t>();
-    s.ema_updates = j->at("ema_updates").get<int64_t>();
-    s.overflow_tokens = j->value("overflow_tokens", int64_t{0});
-    for (const auto& slice : j->value("state_slices", nlohmann::json::array())) {
-      slices.push_back({slice.at("file").get<std::string>(), slice.at("latent_begin").get<int64_t>(),
-                        slice.at("latent_end").get<int64_t>()});
-    }
-  } catch (const nlohmann::json::exception& e) {
-    return absl::DataLossError(absl::StrCat(json_path, ": ", e.what()));
-  }
-  if (slices.empty()) slices.push_back({"trainer_state.safetensors", 0, n});
-  // The slices must tile [0, n) in order.
-  int64_t covered = 0;
-  for (const auto& slice : slices) {
-    if (slice.latent_begin != covered || slice.latent_end <= slice.latent_begin ||
-        slice.file.find('/') != std::string::npos) {
-      return absl::DataLossError(json_path + ": state_slices do not tile the latents in order");
-    }
-    covered = slice.latent_end;
-  }
-  if (covered != n) return absl::DataLossError(json_path + ": state_slices do not cover all latents");
-  const bool has_ema = j->value("has_ema", false);
+  for (const auto& slice : record->state_slices) slices.push_back({slice.file, slice.latent_begin, slice.latent_end});
+  const bool has_ema = record->has_ema;
 
   // Per-latent tensors: the overlapping rows of every slice, concatenated. b_pre: the first one.
   std::vector<std::vector<torch::Tensor>> parts(3 * 4 + 1);  // params, m, v, ema x 4 names; dead

@@ -87,11 +87,13 @@ absl::StatusOr<std::string> FinishCheckpoint(const std::string& output_dir,
                                              const CheckpointContents& contents);
 // The newest complete step directory under output_dir, or "" when there is none.
 absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& output_dir);
-// The model configuration a checkpoint was written for (trainer_state.json only).
+// The model configuration a checkpoint was written for (trainer_state.json only, validated whole).
 absl::StatusOr<ModelConfig> ReadCheckpointModel(const std::string& step_dir);
 
 // Loads the state of latents [latent_begin, latent_end) (latent_end < 0: all of them) from
-// whichever slices hold them, so that a checkpoint resumes into any shard layout.
+// whichever slices hold them, so that a checkpoint resumes into any shard layout. trainer_state.json
+// is validated first (formats/trainer_state.h: a negative step, slices that do not tile the
+// latents, ... are errors naming the file and the field).
 absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& step_dir, int64_t latent_begin = 0,
                                                 int64_t latent_end = -1);
 // Removes all but the newest `keep_last` step directories (keep_last <= 0 keeps all).
@@ -102,6 +104,7 @@ absl::Status PruneCheckpoints(const std::string& output_dir, int64_t keep_last);
 absl::StatusOr<SaeParameters> LoadSparsifySae(const std::string& dir, ModelConfig* config);
 
 nlohmann::json ModelConfigToJson(const ModelConfig& config);
+// The inverse, validated by ParseTrainerStateModel (formats/trainer_state.h).
 absl::StatusOr<ModelConfig> ModelConfigFromJson(const nlohmann::json& j);
 
 }  // namespace saegrid

@@ -1,5 +1,6 @@
-// NumPy .npy files (format: ../shared/reference/formats.md): a validating reader over a memory
-// mapping and a writer. Only little-endian C-order arrays are accepted.
+// NumPy .npy files (format: ../shared/reference/formats.md): a reader over a memory mapping whose
+// header is validated by formats/npy_header.h, and a writer. Only little-endian C-order arrays
+// are accepted.
 #pragma once
 
 #include <torch/types.h>

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cctype>
@@ -14,7 +15,13 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <new>
 #include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/strip.h"
+#include "base/error_kind.h"
 
 namespace saegrid {
 namespace {
@@ -98,13 +105,31 @@ void ReexecIfBlasMisdetected(char** argv) {
   }
   const int have = CoreClass(detected);
   if (wanted == nullptr || have < 0 || have >= CoreClass(wanted)) return;
-  std::fprintf(stderr, "saegrid: OpenBLAS chose its %s kernels on a CPU with %s; restarting with OPENBLAS_CORETYPE=%s\n",
-               detected.c_str(), wanted == std::string("SkylakeX") ? "AVX-512" : "AVX2", wanted);
+  const char* verbose = std::getenv("SAEGRID_VERBOSE");
+  if (verbose != nullptr && *verbose != '\0' && std::string(verbose) != "0") {
+    std::fprintf(stderr, "saegrid: OpenBLAS chose its %s kernels on a CPU with %s; restarting with OPENBLAS_CORETYPE=%s\n",
+                 detected.c_str(), wanted == std::string("SkylakeX") ? "AVX-512" : "AVX2", wanted);
+  }
   setenv("OPENBLAS_CORETYPE", wanted, 1);
   setenv(kReexecMarker, "1", 1);
   execv("/proc/self/exe", argv);
   // exec failed: carry on with the slow kernels rather than not at all.
   std::perror("saegrid: re-executing with OPENBLAS_CORETYPE failed");
+}
+
+absl::Status StatusFromException(const std::exception& e) {
+  const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
+  std::string what = c10_error != nullptr ? c10_error->what_without_backtrace() : e.what();
+  what = absl::StrReplaceAll(what, {{"\n", " "}, {"\r", " "}});
+  const std::string message(absl::StripAsciiWhitespace(what));
+  if (dynamic_cast<const std::bad_alloc*>(&e) != nullptr) return OutOfMemoryError(message.empty() ? "std::bad_alloc" : message);
+  if (dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr) return OutOfMemoryError(message);
+  // LibTorch 1.13's CPU allocator throws a plain c10::Error; its text is the only mark it has.
+  if (c10_error != nullptr && (message.find("can't allocate memory") != std::string::npos ||
+                               message.find("out of memory") != std::string::npos)) {
+    return OutOfMemoryError(message);
+  }
+  return absl::InternalError(message);
 }
 
 }  // namespace saegrid

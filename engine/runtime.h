@@ -2,6 +2,10 @@
 // several ranks on one machine must split its cores, so the count is always set explicitly.
 #pragma once
 
+#include <exception>
+
+#include "absl/status/status.h"
+
 namespace saegrid {
 
 // The cores this process may use: its CPU affinity set, capped by a cgroup CPU quota (a
@@ -18,11 +22,18 @@ int ConfigureThreads(int num_threads);
 // /proc/self/exe) with OPENBLAS_CORETYPE set from the CPU's feature flags, since OpenBLAS reads
 // it only at load. It returns without doing anything when the detection matches the CPU, when
 // OPENBLAS_CORETYPE is already set, or when the BLAS is not OpenBLAS. Call it first in main().
+// Silent unless SAEGRID_VERBOSE is set (not "0"): the notice would otherwise open every rank's
+// log and every error message the worker reports from it.
 void ReexecIfBlasMisdetected(char** argv);
 
 // Whether the CPU multiplies bfloat16 natively (AMX-BF16 or AVX512-BF16). Without it oneDNN
 // emulates bf16 and model.compute_dtype "bfloat16" is slower than float32.
 bool CpuHasNativeBFloat16();
+
+// An exception LibTorch or the standard library threw, as a one-line Status without LibTorch's
+// C++ stack trace: allocation failures (std::bad_alloc, c10::OutOfMemoryError, the CPU
+// allocator's c10::Error) become OutOfMemoryError (base/error_kind.h), anything else INTERNAL.
+absl::Status StatusFromException(const std::exception& e);
 
 // The OpenBLAS core in use ("" when the BLAS is not OpenBLAS), for benchmark reports.
 const char* BlasCoreName();

@@ -1,6 +1,6 @@
 // The project's own safetensors reader and writer (format: ../shared/reference/formats.md).
-// The reader validates the whole header before exposing any tensor and rejects every malformed
-// case with an error that names the file and the problem.
+// The reader validates the whole header (formats/safetensors_header.h) before exposing any tensor
+// and rejects every malformed case with an error that names the file and the problem.
 #pragma once
 
 #include <torch/types.h>

@@ -108,7 +108,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
   if (!latest.empty()) {
     auto st = t->Resume(latest);
     if (!st.ok()) {
-      return absl::Status(st.code(), absl::StrCat(kRestoreFailedPrefix, latest, ": ", st.message()));
+      return MarkRestoreFailure(
+          absl::Status(st.code(), absl::StrCat("cannot restore checkpoint ", latest, ": ", st.message())));
     }
   } else {
     // The same sample on every rank (the global order's first rows): the same b_pre everywhere.

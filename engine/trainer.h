@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "base/error_kind.h"
 #include "engine/config.h"
 #include "engine/data/activation_source.h"
 #include "engine/dead_latents.h"
@@ -20,9 +21,6 @@
 namespace saegrid {
 
 struct TrainerState;
-
-// Errors of Trainer::Create that come from restoring a checkpoint start with this.
-inline constexpr char kRestoreFailedPrefix[] = "cannot restore checkpoint ";
 
 struct StepMetrics {
   int64_t step = 0;  // steps completed
@@ -56,7 +54,9 @@ class TrainingObserver {
 
 class Trainer {
  public:
-  // `gang` is this rank's gang (JoinGang); null: a single process.
+  // `gang` is this rank's gang (JoinGang); null: a single process. An error that comes from
+  // restoring the newest checkpoint of checkpoint.output_dir is marked IsRestoreFailure()
+  // (base/error_kind.h), whatever its code.
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(const TrainConfig& config,
                                                          std::unique_ptr<Gang> gang = nullptr);
 

@@ -1,5 +1,6 @@
 #include "metrics/training_metrics.h"
 
+#include <algorithm>
 #include <string>
 
 namespace saegrid::metrics {
@@ -84,34 +85,34 @@ TrainingMetrics::Rank::~Rank() {
   for (auto it = removals_.rbegin(); it != removals_.rend(); ++it) (*it)();
 }
 
-void TrainingMetrics::Rank::OnStep(const nlohmann::json& s) {
-  step_->Set(s.value("step", 0.0));
-  tokens_per_second_->Set(s.value("tokens_per_second", 0.0));
-  const int64_t tokens = s.value("tokens", int64_t{0});
-  if (tokens > tokens_seen_) tokens_->Increment(static_cast<double>(tokens - tokens_seen_));
-  tokens_seen_ = std::max(tokens_seen_, tokens);
-  step_seconds_->Observe(s.value("step_seconds", 0.0));
-  if (s.contains("profile")) {
-    allgather_->Observe(s["profile"].value("allgather", 0.0));
-    allreduce_->Observe(s["profile"].value("allreduce", 0.0));
+void TrainingMetrics::Rank::OnStep(const v1::TrainingStep& s) {
+  const v1::TrainingProgress& p = s.progress();
+  step_->Set(static_cast<double>(p.step()));
+  tokens_per_second_->Set(p.tokens_per_second());
+  if (p.tokens() > tokens_seen_) tokens_->Increment(static_cast<double>(p.tokens() - tokens_seen_));
+  tokens_seen_ = std::max(tokens_seen_, p.tokens());
+  step_seconds_->Observe(p.step_seconds());
+  if (s.has_profile()) {
+    allgather_->Observe(s.profile().allgather());
+    allreduce_->Observe(s.profile().allreduce());
   }
   if (!leader_) return;
-  fvu_->Set(s.value("fvu", 0.0));
-  mse_->Set(s.value("mse", 0.0));
-  l0_->Set(s.value("l0", 0.0));
-  auxk_->Set(s.value("auxk_loss", 0.0));
-  loss_->Set(s.value("loss", 0.0));
-  dead_fraction_->Set(s.value("dead_fraction", 0.0));
-  dead_->Set(s.value("num_dead", 0.0));
-  lr_->Set(s.value("lr", 0.0));
-  overflow_->Increment(s.value("overflow_tokens", 0.0));
+  fvu_->Set(p.fvu());
+  mse_->Set(p.mse());
+  l0_->Set(p.l0());
+  auxk_->Set(p.auxk_loss());
+  loss_->Set(p.loss());
+  dead_fraction_->Set(p.dead_fraction());
+  dead_->Set(static_cast<double>(p.num_dead()));
+  lr_->Set(p.lr());
+  overflow_->Increment(static_cast<double>(s.overflow_tokens()));
 }
 
-void TrainingMetrics::Rank::OnCheckpoint(double seconds, int64_t bytes) {
+void TrainingMetrics::Rank::OnCheckpoint(const v1::CheckpointWritten& c) {
   if (!leader_) return;
   checkpoints_->Increment();
-  checkpoint_bytes_->Increment(static_cast<double>(bytes));
-  checkpoint_seconds_->Observe(seconds);
+  checkpoint_bytes_->Increment(static_cast<double>(c.bytes()));
+  checkpoint_seconds_->Observe(c.seconds());
 }
 
 }  // namespace saegrid::metrics

@@ -1,6 +1,6 @@
 // Training figures of the ranks a worker runs, labelled job_id and rank (series are removed when
 // a rank ends, so cardinality stays bounded by what runs). Fed from each rank's
-// --metrics-jsonl lines.
+// --metrics-jsonl lines (saegrid.v1.RankEvent).
 #pragma once
 
 #include <prometheus/counter.h>
@@ -15,7 +15,7 @@
 #include <utility>
 #include <vector>
 
-#include "nlohmann/json.hpp"
+#include "saegrid/v1/rank_event.pb.h"
 
 namespace saegrid::metrics {
 
@@ -32,10 +32,10 @@ class TrainingMetrics {
    public:
     Rank(TrainingMetrics* owner, const std::string& job_id, int rank, int64_t start_tokens);
     ~Rank();
-    // One `--metrics-jsonl` step line.
-    void OnStep(const nlohmann::json& step);
-    // A checkpoint of `bytes` written in `seconds`.
-    void OnCheckpoint(double seconds, int64_t bytes);
+    // One training step of this rank.
+    void OnStep(const v1::TrainingStep& step);
+    // A checkpoint this rank wrote.
+    void OnCheckpoint(const v1::CheckpointWritten& checkpoint);
 
    private:
     // Adds the series to `family` and remembers to remove it when the rank ends.

@@ -48,6 +48,8 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials
 
 // Every saegrid message is small except checkpoint chunks (1 MiB); this bounds both ways.
 constexpr int kMaxMessageBytes = 4 << 20;
+// Bearer tokens shorter than this are refused at startup: a guessable token is no protection.
+constexpr size_t kMinTokenLength = 16;
 constexpr int kChunkBytes = 1 << 20;
 
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address,

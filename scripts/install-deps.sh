@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   # toolchain
   build-essential cmake ninja-build ccache pkg-config git
+  # the fuzzers (scripts/fuzz.sh, part of `make test`): clang with libFuzzer and the sanitizers
+  clang libclang-rt-14-dev
   # engine: LibTorch (CPU) with c10d/Gloo, and a fast BLAS (without it fp32 GEMM is ~50x slower)
   libtorch-dev libgloo-dev libopenblas0-openmp libopenblas-openmp-dev
   # control plane

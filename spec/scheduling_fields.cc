@@ -33,8 +33,10 @@ absl::Status ValidateSchedulingFields(const v1::JobSpec& spec) {
   }
   for (const auto& [key, value] : spec.labels()) {
     if (key.empty() || key.size() > kMaxLabelKeyLength) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("labels: key '", key, "' must have 1 to ", kMaxLabelKeyLength, " characters"));
+      // Not echoed whole: the key may be megabytes long.
+      return absl::InvalidArgumentError(absl::StrCat("labels: key '", key.substr(0, kMaxLabelKeyLength), "'",
+                                                     key.size() > kMaxLabelKeyLength ? "..." : "", " must have 1 to ",
+                                                     kMaxLabelKeyLength, " characters"));
     }
     for (char c : key) {
       if (!LabelKeyChar(c)) {

@@ -9,8 +9,12 @@
 namespace saegrid {
 namespace {
 
+// The rule may quote the user's value: it is cut, so that a huge value never comes back whole.
 absl::Status Bad(const std::string& field, const std::string& rule) {
-  return absl::InvalidArgumentError(absl::StrCat(field, ": ", rule));
+  constexpr size_t kMaxRule = 300;
+  if (rule.size() <= kMaxRule) return absl::InvalidArgumentError(absl::StrCat(field, ": ", rule));
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, ": ", rule.substr(0, kMaxRule), "... (", rule.size(), " characters)"));
 }
 
 // Ranges: `value` must lie in [lo, hi].

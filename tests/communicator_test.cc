@@ -1,12 +1,23 @@
 // Collectives over real processes: tests/communicator_probe ranks join a gang over loopback
 // with Gloo and check every collective; rendezvous failures end with an error, never a hang.
+#include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <unistd.h>
 
 #include <chrono>
+#include <fstream>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "absl/strings/str_format.h"
+#include "engine/distributed/bound_store.h"
 #include "engine/distributed/gang.h"
 #include "engine/sharded_selection.h"
 #include "tests/test_support.h"
@@ -78,6 +89,192 @@ TEST(NcclCollectives, MatchGlooOnOneGpu) {
                                        dir / "log", 300);
   if (code == 77) GTEST_SKIP() << testing::ReadFile(dir / "log");
   EXPECT_EQ(code, 0) << testing::ReadFile(dir / "log");
+}
+
+// The local addresses of the TCP sockets listening on `port`, as /proc/net/tcp{,6} spells them
+// (hex: 0100007F is 127.0.0.1, 00000000 every IPv4 interface).
+std::vector<std::string> ListeningAddresses(int port) {
+  std::vector<std::string> out;
+  const std::string suffix = absl::StrFormat(":%04X", port);
+  for (const char* file : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream in(file);
+    std::string line;
+    std::getline(in, line);  // the header
+    while (std::getline(in, line)) {
+      std::istringstream fields(line);
+      std::string slot, local, remote, state;
+      fields >> slot >> local >> remote >> state;
+      if (state == "0A" && local.size() > suffix.size() &&
+          local.compare(local.size() - suffix.size(), suffix.size(), suffix) == 0) {
+        out.push_back(local.substr(0, local.size() - suffix.size()));
+      }
+    }
+  }
+  return out;
+}
+
+c10::intrusive_ptr<BoundStore> ServeStore(int port = 0, std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
+  auto store = BoundStore::Connect("127.0.0.1", port, /*serve=*/true, timeout);
+  EXPECT_TRUE(store.ok()) << store.status();
+  return store.ok() ? *store : c10::intrusive_ptr<BoundStore>();
+}
+
+c10::intrusive_ptr<BoundStore> ConnectStore(int port, std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
+  auto store = BoundStore::Connect("127.0.0.1", port, /*serve=*/false, timeout);
+  EXPECT_TRUE(store.ok()) << store.status();
+  return store.ok() ? *store : c10::intrusive_ptr<BoundStore>();
+}
+
+std::vector<uint8_t> Bytes(const std::string& s) { return {s.begin(), s.end()}; }
+std::string String(const std::vector<uint8_t>& b) { return {b.begin(), b.end()}; }
+
+TEST(BoundStore, EveryOperationBetweenTwoConnections) {
+  auto server = ServeStore();
+  ASSERT_TRUE(server);
+  auto client = ConnectStore(server->port());
+  ASSERT_TRUE(client);
+  server->set("a", Bytes("one"));
+  EXPECT_EQ(String(client->get("a")), "one");
+  client->set("a", Bytes(std::string("t\0o", 3)));  // values are bytes
+  EXPECT_EQ(String(server->get("a")), std::string("t\0o", 3));
+  EXPECT_EQ(client->add("n", 2), 2);
+  EXPECT_EQ(server->add("n", 5), 7);
+  EXPECT_EQ(server->add("n", -10), -3);
+  EXPECT_EQ(String(client->get("n")), "-3");  // counters read as decimal text, as in TCPStore
+  // compareSet: swaps on a match, else returns the current value; a missing key with an empty
+  // expectation is created.
+  EXPECT_EQ(String(client->compareSet("c", Bytes(""), Bytes("x"))), "x");
+  EXPECT_EQ(String(client->compareSet("c", Bytes("nope"), Bytes("y"))), "x");
+  EXPECT_EQ(String(client->compareSet("c", Bytes("x"), Bytes("y"))), "y");
+  EXPECT_EQ(String(client->compareSet("missing", Bytes("e"), Bytes("z"))), "e");
+  EXPECT_FALSE(server->check({"missing"}));
+  EXPECT_TRUE(server->check({"a", "n", "c"}));
+  EXPECT_FALSE(server->check({"a", "missing"}));
+  EXPECT_EQ(client->getNumKeys(), 3);
+  EXPECT_TRUE(client->deleteKey("c"));
+  EXPECT_FALSE(client->deleteKey("c"));
+  EXPECT_EQ(server->getNumKeys(), 2);
+  // Through a PrefixStore, as the process groups use it.
+  auto prefixed = c10::make_intrusive<c10d::PrefixStore>("group/x", client);
+  prefixed->set("k", Bytes("v"));
+  EXPECT_EQ(String(server->get("group/x/k")), "v");
+}
+
+TEST(BoundStore, GetAndWaitBlockUntilAnotherConnectionSetsTheKey) {
+  auto server = ServeStore();
+  ASSERT_TRUE(server);
+  auto waiter = ConnectStore(server->port());
+  auto setter = ConnectStore(server->port());
+  ASSERT_TRUE(waiter && setter);
+  std::thread later([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    setter->set("late", Bytes("here"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    setter->add("counter", 1);
+  });
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(String(waiter->get("late")), "here");
+  waiter->wait({"late", "counter"}, std::chrono::seconds(5));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  later.join();
+  EXPECT_GE(seconds, 0.45);
+  EXPECT_LT(seconds, 3);
+}
+
+TEST(BoundStore, TimeoutsThrowAndTheConnectionStaysUsable) {
+  auto server = ServeStore(0, std::chrono::milliseconds(300));
+  ASSERT_TRUE(server);
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_THROW(server->get("never"), std::exception);
+  EXPECT_THROW(server->wait({"never"}, std::chrono::milliseconds(200)), std::exception);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_GE(seconds, 0.45);
+  EXPECT_LT(seconds, 3);
+  server->set("after", Bytes("ok"));  // a timed-out wait leaves the connection in step
+  EXPECT_EQ(String(server->get("after")), "ok");
+}
+
+TEST(BoundStore, LosingTheServerFailsCallsInsteadOfHanging) {
+  auto server = ServeStore();
+  ASSERT_TRUE(server);
+  auto client = ConnectStore(server->port(), std::chrono::seconds(60));
+  ASSERT_TRUE(client);
+  std::thread stop([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    server.reset();  // the last reference to rank 0's store: its server stops
+  });
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_THROW(client->get("never"), std::exception);  // parked on the server when it goes
+  stop.join();
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 5);
+  EXPECT_THROW(client->set("x", Bytes("y")), std::exception);
+}
+
+TEST(BoundStore, StrayBytesCloseThatConnectionOnly) {
+  auto server = ServeStore();
+  ASSERT_TRUE(server);
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(server->port()));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  const std::string http = "GET / HTTP/1.1\r\n\r\n";  // a frame length of ~1.2 GB: refused
+  ASSERT_EQ(::send(fd, http.data(), http.size(), MSG_NOSIGNAL), static_cast<ssize_t>(http.size()));
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  char byte;
+  EXPECT_EQ(::recv(fd, &byte, 1, 0), 0) << "the server closes a connection that is not one of its clients";
+  ::close(fd);
+  server->set("still", Bytes("serving"));
+  EXPECT_EQ(String(ConnectStore(server->port())->get("still")), "serving");
+}
+
+TEST(BoundStore, ListensOnTheRendezvousHostOnly) {
+  auto store = ServeStore();
+  ASSERT_TRUE(store);
+  EXPECT_THAT(ListeningAddresses(store->port()), ::testing::ElementsAre("0100007F"));
+  // The control: LibTorch's TCPStore, asked for the same host, listens on every interface.
+  c10d::TCPStoreOptions options;
+  options.port = static_cast<uint16_t>(FindFreeLoopbackPort());
+  options.isServer = true;
+  options.waitWorkers = false;
+  options.timeout = std::chrono::seconds(5);
+  c10d::TCPStore tcp("127.0.0.1", options);
+  const auto wildcard = ListeningAddresses(options.port);
+  ASSERT_FALSE(wildcard.empty());
+  for (const auto& a : wildcard) EXPECT_THAT(a, ::testing::Not("0100007F"));
+}
+
+TEST(BoundStore, BindAndConnectErrorsNameTheAddress) {
+  auto first = ServeStore();
+  ASSERT_TRUE(first);
+  auto taken = BoundStore::Connect("127.0.0.1", first->port(), /*serve=*/true, std::chrono::seconds(1));
+  ASSERT_FALSE(taken.ok());
+  EXPECT_THAT(std::string(taken.status().message()),
+              HasSubstr(absl::StrCat("127.0.0.1:", first->port(), ": cannot listen")));
+  const int nobody = FindFreeLoopbackPort();
+  const auto start = std::chrono::steady_clock::now();
+  auto refused = BoundStore::Connect("127.0.0.1", nobody, /*serve=*/false, std::chrono::milliseconds(500));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr(absl::StrCat("127.0.0.1:", nobody)));
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 3);
+}
+
+// A gang's rank 0, waiting in the rendezvous for rank 1, serves the store on 127.0.0.1 only.
+TEST(Rendezvous, RankZeroListensOnTheRendezvousHostOnly) {
+  testing::TempDir dir;
+  const int port = FindFreeLoopbackPort();
+  const pid_t leader = testing::StartProcess({Probe(), "join", std::to_string(port), "0", "2", "20000"}, dir / "a");
+  std::vector<std::string> listening;
+  for (int i = 0; i < 200 && listening.empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    listening = ListeningAddresses(port);
+  }
+  EXPECT_THAT(listening, ::testing::ElementsAre("0100007F"));
+  const int code = testing::RunProcess({Probe(), "join", std::to_string(port), "1", "2", "20000"}, dir / "b", 60);
+  EXPECT_EQ(code, 0) << testing::ReadFile(dir / "b");
+  EXPECT_EQ(testing::WaitProcess(leader, 60), 0) << testing::ReadFile(dir / "a");
 }
 
 // The cut itself, against a brute-force global top-k over the concatenated pre-activations.

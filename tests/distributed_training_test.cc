@@ -1,7 +1,8 @@
-// Sharded and data-parallel training over real processes (the saegrid binary, Gloo over
-// loopback): every layout in exact mode reproduces the single-process run, the capacity factor
-// behaves as section D.1 says, checkpoints resume across layouts, and a lost rank ends the gang
-// with an error that names it.
+// Sharded and data-parallel training over real processes (the saegrid binary, which execs
+// saegrid-train; Gloo over loopback): every layout in exact mode reproduces the single-process
+// run, the capacity factor behaves as section D.1 says, checkpoints resume across layouts, a lost
+// rank ends the gang with an error that names it, the metrics file is saegrid.v1.RankEvent lines,
+// and config errors, allocation failures and failed restores end with their own exit codes.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -11,19 +12,24 @@
 #include <cmath>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "base/exit_code.h"
 #include "engine/distributed/rendezvous.h"
 #include "engine/safetensors.h"
+#include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
+#include "saegrid/v1/rank_event.pb.h"
 #include "tests/test_support.h"
 
 namespace saegrid {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 constexpr int kSteps = 20;
 constexpr int kBatch = 512;
@@ -42,13 +48,47 @@ std::string Config(const std::string& parallelism) {
          (parallelism.empty() ? "" : "parallelism: " + parallelism + "\n");
 }
 
+// One --metrics-jsonl line; unknown fields are errors here, so a record the proto does not
+// describe fails the test.
+std::optional<v1::RankEvent> ParseRankEvent(const std::string& line) {
+  v1::RankEvent event;
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = false;
+  if (!google::protobuf::util::JsonStringToMessage(line, &event, options).ok()) return std::nullopt;
+  return event;
+}
+
 struct RunResult {
   int exit_code = -1;
-  std::vector<nlohmann::json> steps;  // by step order
-  nlohmann::json evaluation;
+  std::vector<v1::RankEvent> events;  // every line of the metrics file, in order
+  std::vector<v1::TrainingStep> steps;  // by step order
+  std::vector<v1::CheckpointWritten> checkpoints;
+  std::optional<v1::Evaluation> evaluation_record;
+  std::optional<v1::RankFailure> failure;
+  nlohmann::json evaluation;  // evaluation_record's evaluation_json
+  int unparsed_lines = 0;
   std::string output_dir;
   std::string log;
 };
+
+void ReadMetricsFile(const std::string& path, RunResult* r) {
+  for (const auto& line : testing::ReadLines(path)) {
+    auto event = ParseRankEvent(line);
+    if (!event) {
+      ++r->unparsed_lines;
+      ADD_FAILURE() << "not a saegrid.v1.RankEvent: " << line;
+      continue;
+    }
+    r->events.push_back(*event);
+    if (event->has_step()) r->steps.push_back(event->step());
+    if (event->has_checkpoint()) r->checkpoints.push_back(event->checkpoint());
+    if (event->has_evaluation()) {
+      r->evaluation_record = event->evaluation();
+      r->evaluation = nlohmann::json::parse(event->evaluation().evaluation_json(), nullptr, false);
+    }
+    if (event->has_failure()) r->failure = event->failure();
+  }
+}
 
 class DistributedTraining : public ::testing::Test {
  protected:
@@ -76,11 +116,7 @@ class DistributedTraining : public ::testing::Test {
     const std::string log = *root_ / (name + ".log");
     r.exit_code = testing::RunProcess(argv, log, 300);
     r.log = testing::ReadFile(log);
-    for (const auto& line : testing::ReadLines(metrics)) {
-      auto j = nlohmann::json::parse(line, nullptr, false);
-      if (j.contains("loss")) r.steps.push_back(j);
-      if (j.contains("evaluation")) r.evaluation = j["evaluation"];
-    }
+    ReadMetricsFile(metrics, &r);
     return r;
   }
 
@@ -100,13 +136,17 @@ class DistributedTraining : public ::testing::Test {
     ASSERT_EQ(r.exit_code, 0) << r.log;
     ASSERT_EQ(static_cast<int>(r.steps.size()), kSteps - first_step + 1) << r.log;
     for (const auto& s : r.steps) {
-      const int step = s["step"].get<int>();
-      const auto& want = single_->steps.at(step - 1);
-      for (const char* field : {"loss", "fvu", "auxk_loss"}) {
-        const double a = s[field].get<double>(), b = want[field].get<double>();
+      const int step = static_cast<int>(s.progress().step());
+      const auto& want = single_->steps.at(step - 1).progress();
+      const std::pair<const char*, std::pair<double, double>> fields[] = {
+          {"loss", {s.progress().loss(), want.loss()}},
+          {"fvu", {s.progress().fvu(), want.fvu()}},
+          {"auxk_loss", {s.progress().auxk_loss(), want.auxk_loss()}}};
+      for (const auto& [field, values] : fields) {
+        const auto [a, b] = values;
         EXPECT_LE(std::abs(a - b), 1e-5 * std::max(std::abs(b), 1e-3)) << field << " at step " << step;
       }
-      EXPECT_EQ(s["num_dead"], want["num_dead"]) << "step " << step;
+      EXPECT_EQ(s.progress().num_dead(), want.num_dead()) << "step " << step;
     }
   }
 
@@ -130,7 +170,7 @@ TEST_F(DistributedTraining, SingleProcessRunExercisesAuxK) {
   ASSERT_EQ(single_->exit_code, 0) << single_->log;
   ASSERT_EQ(static_cast<int>(single_->steps.size()), kSteps);
   int with_aux = 0;
-  for (const auto& s : single_->steps) with_aux += s["auxk_loss"].get<double>() > 0 ? 1 : 0;
+  for (const auto& s : single_->steps) with_aux += s.progress().auxk_loss() > 0 ? 1 : 0;
   EXPECT_GT(with_aux, 0) << "no step had dead latents: the AuxK exchange would go untested";
 }
 
@@ -167,7 +207,7 @@ TEST_F(DistributedTraining, FourShardsWithCapacityTwoOverflowButStayClose) {
   EXPECT_GT(r.evaluation["sharding"]["training_overflow_tokens"].get<int64_t>(), 0);
   EXPECT_GT(r.evaluation["sharding"]["eval_overflow_rate"].get<double>(), 0);
   int64_t per_step = 0;
-  for (const auto& s : r.steps) per_step += s["overflow_tokens"].get<int64_t>();
+  for (const auto& s : r.steps) per_step += s.overflow_tokens();
   EXPECT_EQ(per_step, r.evaluation["sharding"]["training_overflow_tokens"].get<int64_t>());
   const double fvu = r.evaluation["fvu"].get<double>(), exact = single_->evaluation["fvu"].get<double>();
   EXPECT_LE(std::abs(fvu - exact), 0.02 * exact) << "capacity factor 2 FVU " << fvu << " vs exact " << exact;
@@ -257,6 +297,128 @@ TEST_F(DistributedTraining, LayoutErrorsAreNamed) {
   r = Run("bad_local", "{shards: 2}", {"--local-ranks", "3"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.log, HasSubstr("--local-ranks 3"));
+}
+
+// The metrics file read the way the worker reads it: every line a RankEvent, and the records
+// agree with each other and with the checkpoint on disk.
+TEST_F(DistributedTraining, MetricsFileLinesAreRankEvents) {
+  const RunResult& r = *single_;
+  ASSERT_EQ(r.exit_code, 0) << r.log;
+  EXPECT_EQ(r.unparsed_lines, 0);
+  ASSERT_EQ(static_cast<int>(r.steps.size()), kSteps);
+  for (int i = 0; i < kSteps; ++i) {
+    const auto& p = r.steps[i].progress();
+    EXPECT_EQ(p.step(), i + 1);
+    EXPECT_EQ(p.total_steps(), kSteps);
+    EXPECT_EQ(p.tokens(), int64_t{i + 1} * kBatch);
+    EXPECT_GT(p.step_seconds(), 0);
+    EXPECT_GT(p.fvu(), 0);
+    EXPECT_GT(r.steps[i].profile().encoder(), 0) << "step " << i + 1;
+  }
+  ASSERT_FALSE(r.checkpoints.empty());
+  const v1::CheckpointWritten& last = r.checkpoints.back();
+  EXPECT_EQ(last.step(), kSteps);
+  EXPECT_EQ(last.tokens(), int64_t{kSteps} * kBatch);
+  EXPECT_GE(last.seconds(), 0);
+  int64_t bytes = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(last.directory())) {
+    if (e.is_regular_file()) bytes += static_cast<int64_t>(e.file_size());
+  }
+  EXPECT_GT(bytes, 0);
+  EXPECT_EQ(last.bytes(), bytes);
+  ASSERT_TRUE(r.evaluation_record.has_value());
+  EXPECT_EQ(r.evaluation_record->step(), kSteps);
+  ASSERT_TRUE(r.evaluation.is_object()) << r.evaluation_record->evaluation_json();
+  EXPECT_DOUBLE_EQ(r.evaluation_record->fvu(), r.evaluation["fvu"].get<double>());
+  EXPECT_DOUBLE_EQ(r.evaluation_record->mse(), r.evaluation["mse"].get<double>());
+  EXPECT_DOUBLE_EQ(r.evaluation_record->l0(), r.evaluation["l0"].get<double>());
+  EXPECT_DOUBLE_EQ(r.evaluation_record->dead_fraction(), r.evaluation["dead_fraction"].get<double>());
+  EXPECT_FALSE(r.failure.has_value());
+}
+
+// Runs `saegrid train ARGS --metrics-jsonl FILE --quiet` (under an address-space limit of
+// `limit_kib` when not 0) and reads the metrics file.
+RunResult RunTrain(const std::string& name, std::vector<std::string> args, int64_t limit_kib = 0) {
+  testing::TempDir dir;
+  RunResult r;
+  const std::string metrics = dir / (name + ".jsonl"), log = dir / (name + ".log");
+  args.insert(args.begin(), {SAEGRID_BINARY, "train"});
+  args.insert(args.end(), {"--metrics-jsonl", metrics, "--quiet"});
+  if (limit_kib > 0) {
+    std::string command = "ulimit -v " + std::to_string(limit_kib) + " && exec";
+    for (const auto& a : args) command += " '" + a + "'";
+    args = {"/bin/sh", "-c", command};
+  }
+  r.exit_code = testing::RunProcess(args, log, 120);
+  r.log = testing::ReadFile(log);
+  ReadMetricsFile(metrics, &r);
+  return r;
+}
+
+void ExpectFailureRecord(const RunResult& r, v1::TrainExitCode code, const std::string& substring) {
+  ASSERT_TRUE(r.failure.has_value()) << r.log;
+  EXPECT_EQ(r.failure->exit_code(), code) << r.failure->DebugString();
+  EXPECT_THAT(r.failure->message(), HasSubstr(substring));
+  EXPECT_EQ(r.failure->message().find('\n'), std::string::npos) << r.failure->message();
+  ASSERT_FALSE(r.events.empty());
+  EXPECT_TRUE(r.events.back().has_failure()) << "the failure is the last record";
+}
+
+// The worker's path: the job as proto JSON. A data.path that does not exist on this machine is
+// a configuration error (exit 2, not retried), and unknown fields are refused by name.
+TEST_F(DistributedTraining, JobProtoJsonErrorsExitTwoNamingTheField) {
+  const std::string job = *root_ / "nodata.json";
+  testing::WriteFile(job, "{\"data\": {\"path\": \"" + (*root_ / "no-such-dir") +
+                              "\"}, \"training\": {\"total_tokens\": \"1024\"}}");
+  auto r = RunTrain("nodata", {"--job-proto-json", job});
+  EXPECT_EQ(r.exit_code, ToInt(TrainExitCode::kInvalidConfig)) << r.log;
+  EXPECT_THAT(r.log, HasSubstr("data.path"));
+  ExpectFailureRecord(r, v1::TRAIN_EXIT_INVALID_CONFIG, "data.path");
+
+  testing::WriteFile(job, "{\"model\": {\"num_latentz\": 64}, \"data\": {\"synthetic\": {}}}");
+  r = RunTrain("unknown_field", {"--job-proto-json", job});
+  EXPECT_EQ(r.exit_code, ToInt(TrainExitCode::kInvalidConfig)) << r.log;
+  EXPECT_THAT(r.log, HasSubstr("num_latentz"));
+  ExpectFailureRecord(r, v1::TRAIN_EXIT_INVALID_CONFIG, "num_latentz");
+}
+
+// 2^22 latents of width 2^14 pass every per-field bound, but the encoder weight alone is
+// 256 GiB: its allocation fails at once (the kernel refuses a request beyond RAM + swap, and the
+// address-space limit makes sure the test cannot take the machine's memory whatever the
+// overcommit setting). The run ends with exit 5 and one line, not a LibTorch abort.
+TEST_F(DistributedTraining, ModelTooLargeForMemoryExitsFiveWithOneLine) {
+  const std::string config = *root_ / "huge.yaml";
+  testing::WriteFile(config,
+                     "model: {architecture: topk, num_latents: 4194304, k: 8}\n"
+                     "data:\n"
+                     "  synthetic: {num_samples: 256, num_features: 16, d: 16384, avg_active_features: 2}\n"
+                     "  batch_size: 64\n"
+                     "training: {total_tokens: 1024}\n"
+                     "checkpoint: {output_dir: " + (*root_ / "huge") + "}\n");
+  const auto started = std::chrono::steady_clock::now();
+  const auto r = RunTrain("huge", {"--config", config, "--threads", "1"}, int64_t{16} << 20);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  EXPECT_EQ(r.exit_code, ToInt(TrainExitCode::kOutOfMemory)) << r.log;
+  EXPECT_THAT(r.log, HasSubstr("out of memory: "));
+  for (const char* trace : {"terminate called", "Exception raised from", "frame #", "Aborted"}) {
+    EXPECT_THAT(r.log, Not(HasSubstr(trace))) << r.log;
+  }
+  EXPECT_LT(seconds, 60) << "an allocation that fails must fail fast";
+  ExpectFailureRecord(r, v1::TRAIN_EXIT_OUT_OF_MEMORY, "out of memory: ");
+}
+
+// A checkpoint that cannot be loaded (here its optimizer state is garbage) is a failed restore,
+// exit 4, recognised by the status payload rather than by the wording of the message.
+TEST_F(DistributedTraining, CheckpointThatCannotBeRestoredExitsFour) {
+  const std::string dir = *root_ / "restore_broken";
+  const auto first = Run("restore_broken1", "", {"--total-tokens", std::to_string(5 * kBatch)}, dir);
+  ASSERT_EQ(first.exit_code, 0) << first.log;
+  ASSERT_FALSE(first.checkpoints.empty());
+  testing::WriteFile(first.checkpoints.back().directory() + "/trainer_state.safetensors", "not a safetensors file");
+  const auto second = Run("restore_broken2", "", {}, dir);
+  EXPECT_EQ(second.exit_code, ToInt(TrainExitCode::kRestoreFailed)) << second.log;
+  EXPECT_THAT(second.log, HasSubstr("cannot restore checkpoint"));
+  ExpectFailureRecord(second, v1::TRAIN_EXIT_RESTORE_FAILED, "cannot restore checkpoint");
 }
 
 }  // namespace

@@ -1,13 +1,20 @@
 // The safetensors and .npy readers/writers: round trips, and every malformed case of
-// ../shared/reference/formats.md rejected with an error naming the file and the problem.
+// ../shared/reference/formats.md rejected with an error naming the file and the problem; and
+// trainer_state.json validated before a resume trusts it.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <cstring>
+#include <functional>
 
+#include "engine/checkpoint.h"
 #include "engine/npy.h"
 #include "engine/safetensors.h"
+#include "formats/npy_header.h"
+#include "formats/safetensors_header.h"
+#include "formats/trainer_state.h"
+#include "nlohmann/json.hpp"
 #include "tests/test_support.h"
 
 namespace saegrid {
@@ -128,6 +135,176 @@ TEST(Npy, RejectsMalformedFiles) {
   std::string shape = good;
   shape.replace(shape.find("(16, 4)"), 7, "(1x, 4)");
   EXPECT_THAT(with("shape.npy", shape), HasSubstr("bad dimension"));
+}
+
+
+TEST(Safetensors, SizesThatOverflowAndOddStructuresAreRefused) {
+  TempDir dir;
+  struct Case {
+    std::string name, contents, expected;
+  } cases[] = {
+      {"overflow", RawSafetensors(R"({"t":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", 0),
+       "overflows int64"},
+      // The element count wraps to 0 in 128 bits: accepted (then allocated) before formats/.
+      {"wrap128",
+       RawSafetensors(R"({"t":{"dtype":"U8","shape":[4294967296,4294967296,4294967296,4294967296],"data_offsets":[0,0]}})", 0),
+       "overflows int64"},
+      {"huge_offset", RawSafetensors(R"({"t":{"dtype":"U8","shape":[1],"data_offsets":[0,18446744073709551615]}})", 1),
+       "beyond int64"},
+      {"nested", RawSafetensors(R"({"t":{"dtype":"F32","shape":[[[[[[2]]]]]],"data_offsets":[0,8]}})", 8),
+       "an array in its shape"},
+      {"extra_field", RawSafetensors(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":1}})", 8),
+       "unknown field \"x\""},
+      {"field_twice", RawSafetensors(R"({"t":{"dtype":"F32","dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8),
+       "\"dtype\" twice"},
+      {"three_offsets", RawSafetensors(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8,8]}})", 8),
+       "more than two"},
+      {"float_dim", RawSafetensors(R"({"t":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}})", 8),
+       "non-integer"},
+      {"scalar_root", RawSafetensors("7", 0), "not a JSON object"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::string path = dir / (c.name + ".safetensors");
+    WriteFile(path, c.contents);
+    const std::string error = OpenError(path);
+    EXPECT_THAT(error, HasSubstr(c.expected));
+    EXPECT_THAT(error, HasSubstr(path));
+  }
+  // A zero-sized dimension makes an empty tensor however large the others are.
+  const std::string empty = RawSafetensors(R"({"t":{"dtype":"F64","shape":[0,9223372036854775807],"data_offsets":[0,0]}})", 0);
+  auto header = ParseSafetensorsHeader(empty, static_cast<int64_t>(empty.size()), "empty");
+  ASSERT_TRUE(header.ok()) << header.status();
+  ASSERT_NE(header->Find("t"), nullptr);
+  EXPECT_EQ(header->Find("missing"), nullptr);
+}
+
+TEST(Npy, HeaderDictIsParsedStrictly) {
+  // A literal header: version 1.0, then the dict, padded to 64 bytes.
+  auto file = [](const std::string& dict, size_t data_bytes, char major = 1) {
+    std::string header = dict;
+    const size_t preamble = major == 1 ? 10 : 12;
+    header.append((64 - (preamble + header.size() + 1) % 64) % 64, ' ');
+    header += '\n';
+    std::string out = std::string("\x93NUMPY", 6) + major + '\0';
+    out += static_cast<char>(header.size() & 0xff);
+    out += static_cast<char>(header.size() >> 8);
+    if (major != 1) out += std::string(2, '\0');
+    return out + header + std::string(data_bytes, '\0');
+  };
+  auto parse = [](const std::string& bytes) { return ParseNpyHeader(bytes, static_cast<int64_t>(bytes.size()), "x.npy"); };
+  auto error = [&](const std::string& bytes) {
+    auto h = parse(bytes);
+    EXPECT_FALSE(h.ok());
+    return h.ok() ? std::string() : std::string(h.status().message());
+  };
+  auto v2 = parse(file("{'descr': '<u2', 'fortran_order': False, 'shape': (3, 2L), }", 12, 2));
+  ASSERT_TRUE(v2.ok()) << v2.status();
+  EXPECT_EQ(v2->major_version, 2);
+  EXPECT_EQ(v2->shape, (std::vector<int64_t>{3, 2}));
+  EXPECT_EQ(v2->data_bytes, 12);
+  auto scalar = parse(file("{'descr': '<f8', 'fortran_order': False, 'shape': ()}", 8));
+  ASSERT_TRUE(scalar.ok()) << scalar.status();
+  EXPECT_EQ(scalar->numel, 1);
+  EXPECT_THAT(error(file("{'descr': '<f4', 'fortran_order': False, 'shape': (3)}", 12)), HasSubstr("is not a tuple"));
+  EXPECT_THAT(error(file("{'descr': '<f4', 'fortran_order': False, 'shape': (3,), 'x': 1}", 12)),
+              HasSubstr("unknown key 'x'"));
+  EXPECT_THAT(error(file("{'descr': '<f4', 'descr': '<f4', 'fortran_order': False, 'shape': (3,)}", 12)),
+              HasSubstr("'descr' twice"));
+  EXPECT_THAT(error(file("{'descr': '<f4', 'fortran_order': False, 'shape': (3,)} junk", 12)),
+              HasSubstr("text after the dict"));
+  EXPECT_THAT(error(file("{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 4)}", 0)),
+              HasSubstr("more elements than int64"));
+  EXPECT_THAT(error(file("{'descr': '<f4', 'fortran_order': False, 'shape': (-3,)}", 0)), HasSubstr("bad dimension '-3'"));
+  EXPECT_THAT(error(file("{'descr': '<f4', 'fortran_order': maybe, 'shape': (3,)}", 12)), HasSubstr("fortran_order"));
+  std::string minor = file("{'descr': '<f4', 'fortran_order': False, 'shape': (3,)}", 12);
+  minor[7] = 5;
+  EXPECT_THAT(error(minor), HasSubstr("unsupported format version 1.5"));
+}
+
+// A checkpoint written by the engine itself, for tests that then edit its trainer_state.json.
+std::string WriteSmallCheckpoint(const std::string& output_dir) {
+  CheckpointContents c;
+  c.model.architecture = Architecture::kTopK;
+  c.model.d_in = 4;
+  c.model.num_latents = 8;
+  c.model.k = 2;
+  c.export_saelens = false;
+  c.raw = {torch::randn({8, 4}), torch::randn({8}), torch::randn({8, 4}), torch::randn({4})};
+  c.published = c.raw;
+  c.state.step = 3;
+  c.state.tokens = 3 * 16;
+  c.state.adam_step = 3;
+  c.state.adam_exp_avg = c.raw.All();
+  c.state.adam_exp_avg_sq = c.raw.All();
+  c.state.tokens_since_fired = torch::zeros({8}, torch::kLong);
+  auto dir = WriteCheckpoint(output_dir, c);
+  EXPECT_TRUE(dir.ok()) << dir.status();
+  return dir.ok() ? *dir : std::string();
+}
+
+TEST(TrainerStateJson, ValuesAreValidatedBeforeAResumeTrustsThem) {
+  TempDir dir;
+  const std::string step = WriteSmallCheckpoint(dir / "run");
+  const std::string json_path = step + "/trainer_state.json";
+  auto loaded = LoadCheckpoint(step);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->state.step, 3);
+  EXPECT_EQ(loaded->state.tokens, 48);
+  const nlohmann::json good = nlohmann::json::parse(testing::ReadFile(json_path));
+
+  struct Case {
+    std::string name;
+    std::function<void(nlohmann::json&)> edit;
+    std::string expected;
+  } cases[] = {
+      {"negative step", [](auto& j) { j["step"] = -5; }, "step: must be >= 0, got -5"},
+      {"negative tokens", [](auto& j) { j["tokens"] = -1; }, "tokens: must be >= 0, got -1"},
+      {"fewer tokens than steps", [](auto& j) { j["tokens"] = 2; }, "tokens: (2) is less than step (3)"},
+      {"adam ahead of the step", [](auto& j) { j["adam_step"] = 4; }, "adam_step: must be in [0, 3], got 4"},
+      {"string step", [](auto& j) { j["step"] = "3"; }, "step: must be an integer, got \"3\""},
+      {"fractional step", [](auto& j) { j["step"] = 2.5; }, "step: must be an integer"},
+      {"negative cursor", [](auto& j) { j["data_cursor"]["offset"] = -7; }, "data_cursor.offset: must be >= 0"},
+      {"ema updates without ema", [](auto& j) { j["ema_updates"] = 2; }, "ema_updates: must be in [0, 0], got 2"},
+      {"slices do not cover", [](auto& j) { j["state_slices"][0]["latent_end"] = 4; },
+       "state_slices: cover latents [0, 4) of the 8"},
+      {"slices start late", [](auto& j) { j["state_slices"][0]["latent_begin"] = 1; },
+       "state_slices[0].latent_begin: must be 0"},
+      {"slices past the end", [](auto& j) { j["state_slices"][0]["latent_end"] = 9; },
+       "state_slices[0].latent_end: must be in [1, 8], got 9"},
+      {"slices overlap",
+       [](auto& j) {
+         j["state_slices"] = {{{"file", "a.safetensors"}, {"latent_begin", 0}, {"latent_end", 5}},
+                              {{"file", "b.safetensors"}, {"latent_begin", 4}, {"latent_end", 8}}};
+       },
+       "state_slices[1].latent_begin: must be 5 (where the previous slice ended)"},
+      {"one slice too many",
+       [](auto& j) { j["state_slices"].push_back({{"file", "b.safetensors"}, {"latent_begin", 8}, {"latent_end", 9}}); },
+       "state_slices[1]: is one slice too many"},
+      {"slice file escapes", [](auto& j) { j["state_slices"][0]["file"] = "../x.safetensors"; }, "state_slices[0].file"},
+      {"no slices", [](auto& j) { j["state_slices"] = nlohmann::json::array(); }, "state_slices: must list"},
+      {"hookpoint escapes", [](auto& j) { j["hookpoint"] = "../../etc"; }, "hookpoint: must be a plain directory name"},
+      {"bad version", [](auto& j) { j["format_version"] = 2; }, "format_version: unsupported version 2"},
+      {"k above latents", [](auto& j) { j["model"]["k"] = 9; }, "model.k: must be in [1, 8], got 9"},
+      {"no model", [](auto& j) { j.erase("model"); }, "model: is required"},
+      {"unknown architecture", [](auto& j) { j["model"]["architecture"] = "gated"; }, "model.architecture: must be"},
+      {"not an object", [](auto& j) { j = nlohmann::json::array({1, 2}); }, "not a JSON object"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    nlohmann::json j = good;
+    c.edit(j);
+    WriteFile(json_path, j.dump(2));
+    auto bad = LoadCheckpoint(step);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_THAT(std::string(bad.status().message()), HasSubstr(json_path + ": " + c.expected));
+    // The model reader that a resume calls first refuses the file too.
+    EXPECT_FALSE(ReadCheckpointModel(step).ok());
+  }
+  WriteFile(json_path, std::string(100000, '[') + std::string(100000, ']'));
+  EXPECT_THAT(std::string(LoadCheckpoint(step).status().message()), HasSubstr("nested deeper"));
+  WriteFile(json_path, good.dump(2));
+  EXPECT_TRUE(LoadCheckpoint(step).ok());
 }
 
 }  // namespace

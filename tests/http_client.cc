@@ -33,8 +33,8 @@ std::optional<std::string> HttpGet(int port, const std::string& path) {
   while ((n = ::recv(fd, buffer, sizeof(buffer), 0)) > 0) response.append(buffer, static_cast<size_t>(n));
   ::close(fd);
   const auto header_end = response.find("\r\n\r\n");
-  if (header_end == std::string::npos || response.compare(0, 12, "HTTP/1.1 200") != 0 &&
-                                             response.compare(0, 12, "HTTP/1.0 200") != 0) {
+  if (header_end == std::string::npos ||
+      (response.compare(0, 12, "HTTP/1.1 200") != 0 && response.compare(0, 12, "HTTP/1.0 200") != 0)) {
     return std::nullopt;
   }
   return response.substr(header_end + 4);

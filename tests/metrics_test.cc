@@ -1,8 +1,13 @@
 // Observability with real components: a coordinator and workers serving /metrics while a job
 // runs, Debian's Prometheus server scraping them on loopback, and promtool linting every
 // exposition. Metric values must agree with what the job itself reports.
+#include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <fstream>
@@ -205,6 +210,112 @@ TEST(Metrics, PrometheusScrapesTheServiceAndFiguresAgree) {
     EXPECT_FALSE(result.empty()) << query;
   }
   EXPECT_EQ(prometheus.Query("saegrid_build_info").size(), 3u);
+}
+
+// A TCP connection to 127.0.0.1:port that sends only what it is told.
+class RawConnection {
+ public:
+  explicit RawConnection(int port) : fd_(::socket(AF_INET, SOCK_STREAM, 0)) {
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  }
+  ~RawConnection() { ::close(fd_); }
+  bool connected() const { return connected_; }
+  bool Send(const std::string& bytes) {
+    return ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size());
+  }
+  // What the server sends until it closes the connection; nullopt if it is still open after
+  // `timeout_ms`.
+  std::optional<std::string> ReadUntilClosed(int timeout_ms) {
+    std::string out;
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    for (;;) {
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(give_up - std::chrono::steady_clock::now()).count();
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(std::max<int64_t>(0, left))) <= 0) return std::nullopt;
+      char buffer[4096];
+      const ssize_t n = ::recv(fd_, buffer, sizeof(buffer), 0);
+      if (n <= 0) return out;
+      out.append(buffer, static_cast<size_t>(n));
+    }
+  }
+
+ private:
+  int fd_;
+  bool connected_ = false;
+};
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// prometheus-cpp's civetweb exposer gave each connection one of two threads, so two idle TCP
+// connections blocked /metrics for 30 s. The daemons' own server must keep answering, Prometheus
+// included, with 100 idle connections held to each, then close them after the 10 s head timeout.
+TEST(Metrics, IdleConnectionsDoNotBlockScrapes) {
+  testing::ClusterOptions options;
+  options.workers = 1;
+  ServiceCluster cluster(options);
+  const std::vector<int> targets = {cluster.coordinator_metrics_port(), cluster.worker_metrics_port(1)};
+  for (int port : targets) ASSERT_GT(port, 0) << cluster.Logs();
+  PrometheusServer prometheus(cluster.dir(), targets);
+  ASSERT_TRUE(testing::HttpGet(prometheus.port(), "/-/ready")) << testing::ReadFile(cluster.dir() / "prometheus.log");
+  // Prometheus scrapes both targets before the idle connections arrive.
+  for (int i = 0; i < 300 && prometheus.Query("up == 1").size() < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(prometheus.Query("up == 1").size(), 2u) << testing::ReadFile(cluster.dir() / "prometheus.log");
+
+  std::vector<std::unique_ptr<RawConnection>> idle;
+  for (int port : targets) {
+    for (int i = 0; i < 100; ++i) {
+      idle.push_back(std::make_unique<RawConnection>(port));
+      ASSERT_TRUE(idle.back()->connected());
+    }
+  }
+  const auto opened = std::chrono::steady_clock::now();
+  for (int round = 0; round < 5; ++round) {
+    for (int port : targets) {
+      const auto start = std::chrono::steady_clock::now();
+      const auto body = testing::HttpGet(port, "/metrics");
+      ASSERT_TRUE(body) << "port " << port;
+      EXPECT_THAT(*body, HasSubstr("saegrid_build_info{"));
+      EXPECT_LT(SecondsSince(start), 2.0) << "port " << port;
+    }
+  }
+  // Prometheus scrapes every second with a 1 s timeout: every scrape in the last 2 s succeeded.
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  const auto up = prometheus.Query("min_over_time(up[2s])");
+  ASSERT_EQ(up.size(), 2u) << up.dump();
+  for (const auto& series : up) EXPECT_EQ(series["value"][1], "1") << up.dump();
+
+  // Garbage and an over-long request head get an error status at once; the daemons keep serving.
+  for (int port : targets) {
+    RawConnection garbage(port);
+    ASSERT_TRUE(garbage.Send(std::string("\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", 11)));
+    EXPECT_THAT(garbage.ReadUntilClosed(2000).value_or("(still open)"), ::testing::StartsWith("HTTP/1.1 400 "));
+    RawConnection huge(port);
+    ASSERT_TRUE(huge.Send("GET /metrics HTTP/1.1\r\nCookie: " + std::string(20000, 'c')));
+    EXPECT_THAT(huge.ReadUntilClosed(2000).value_or("(still open)"), ::testing::StartsWith("HTTP/1.1 431 "));
+    EXPECT_TRUE(testing::HttpGet(port, "/metrics"));
+  }
+
+  // The idle connections were held all along (the scrapes did not pass because they were
+  // dropped), and are closed once the head timeout has passed.
+  ASSERT_LT(SecondsSince(opened), 9.0) << "too slow to tell the head timeout from the checks";
+  for (auto& c : idle) EXPECT_FALSE(c->ReadUntilClosed(0)) << "closed before the head timeout";
+  for (auto& c : idle) {
+    const int left_ms = static_cast<int>((14.0 - SecondsSince(opened)) * 1000);
+    const auto got = c->ReadUntilClosed(std::max(0, left_ms));
+    ASSERT_TRUE(got) << "an idle connection is still open " << SecondsSince(opened) << " s after it connected";
+    EXPECT_EQ(*got, "");
+  }
+  EXPECT_GE(SecondsSince(opened), 9.5);
+  for (int port : targets) EXPECT_TRUE(testing::HttpGet(port, "/metrics"));
 }
 
 }  // namespace

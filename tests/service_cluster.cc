@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include <chrono>
+#include <filesystem>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -82,7 +83,7 @@ void ServiceCluster::StartWorker(int index) {
   std::vector<std::string> argv = {SAEGRID_WORKER_BINARY, "--coordinator", address(), "--worker-id", id,
                                    "--data-dir", dir_ / id, "--worker-token-file", dir_ / "worker.token",
                                    "--threads", absl::StrCat(options_.threads_per_rank), "--trainer",
-                                   SAEGRID_BINARY, "--shutdown-grace", "20", "--metrics-listen", "127.0.0.1:0",
+                                   SAEGRID_TRAIN_BINARY, "--shutdown-grace", "20", "--metrics-listen", "127.0.0.1:0",
                                    "--metrics-port-file", dir_ / (id + ".metrics-port")};
   if (options_.tls) argv.insert(argv.end(), {"--tls-ca", dir_ / "tls.crt"});
   workers_[index] = StartProcess(argv, dir_ / (id + ".log"));
@@ -92,6 +93,35 @@ void ServiceCluster::KillWorker(int index, int signal) {
   ::kill(workers_[index], signal);
   WaitProcess(workers_[index], 30);
   workers_[index] = -1;
+}
+
+bool ServiceCluster::KillRank(const std::string& attempt_id, int rank, int signal) {
+  bool killed = false;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string pid = entry.path().filename().string();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::vector<std::string> argv;
+    std::string arg;
+    for (char c : ReadFile(entry.path() / "cmdline")) {
+      if (c == '\0') {
+        argv.push_back(arg);
+        arg.clear();
+      } else {
+        arg += c;
+      }
+    }
+    // Attempt ids repeat across clusters (every cluster's first job is job-000001): only ranks
+    // whose files live in this cluster's directory are candidates.
+    bool attempt = false, this_rank = false, ours = false;
+    for (size_t i = 0; i < argv.size(); ++i) {
+      ours |= argv[i].rfind(dir_.path().string() + "/", 0) == 0;
+      if (i + 1 == argv.size()) break;
+      attempt |= argv[i] == "--attempt" && argv[i + 1] == attempt_id;
+      this_rank |= argv[i] == "--rank" && argv[i + 1] == std::to_string(rank);
+    }
+    if (ours && attempt && this_rank && ::kill(std::stoi(pid), signal) == 0) killed = true;
+  }
+  return killed;
 }
 
 namespace {

@@ -39,6 +39,9 @@ class ServiceCluster {
   void KillCoordinator(int signal = SIGKILL);
   void StartWorker(int index);  // worker-<index>
   void KillWorker(int index, int signal = SIGKILL);
+  // Kills the training process of `rank` of `attempt_id` (a worker's child); false if none runs.
+  bool KillRank(const std::string& attempt_id, int rank, int signal = SIGKILL);
+  bool WorkerRunning(int index) const { return workers_.count(index) > 0 && workers_.at(index) > 0; }
 
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   // The /metrics ports (loopback) of the coordinator and of worker-<index>.

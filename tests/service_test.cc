@@ -1,5 +1,5 @@
 // The control plane end to end with real processes on loopback: saegrid-coordinator (SQLite in
-// its data directory), saegrid-worker daemons running `saegrid train` ranks, and clients over
+// its data directory), saegrid-worker daemons running `saegrid-train` ranks, and clients over
 // gRPC (generated C++ stubs, the saegrid CLI, and a Python client generated from the .proto
 // files alone).
 #include <gmock/gmock.h>
@@ -7,7 +7,9 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <cmath>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <set>
 #include <thread>
@@ -15,8 +17,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
+#include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
+#include "formats/checkpoint_archive.h"
+#include "rpc/security.h"
 #include "rpc/sha256.h"
+#include "spec/job_spec_loader.h"
+#include "saegrid/v1/rank_event.pb.h"
 #include "tests/http_client.h"
 #include "tests/service_cluster.h"
 
@@ -142,9 +149,10 @@ TEST(Service, SubmitWatchDownloadAndEvaluate) {
       << testing::ReadFile(cluster.dir() / "local.log");
   double local_fvu = -1;
   for (const auto& line : testing::ReadLines(metrics)) {
-    auto j = nlohmann::json::parse(line);
-    EXPECT_FALSE(j.contains("loss")) << "no training step expected: " << line;
-    if (j.contains("evaluation")) local_fvu = j["evaluation"]["fvu"].get<double>();
+    v1::RankEvent event;
+    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(line, &event).ok()) << line;
+    EXPECT_FALSE(event.has_step()) << "no training step expected: " << line;
+    if (event.has_evaluation()) local_fvu = event.evaluation().fvu();
   }
   EXPECT_NEAR(local_fvu, evaluation.fvu(), 1e-6 * std::max(1.0, evaluation.fvu()));
 
@@ -249,6 +257,51 @@ TEST(Service, BadRequestsGetTheRightStatusCodes) {
   status = cluster.jobs().SubmitJob(cluster.Context().get(), bad, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(status.error_message(), HasSubstr("request_id"));
+
+  // Bytes that are not a GetJobRequest: INVALID_ARGUMENT saying so, not an empty INTERNAL.
+  {
+    grpc::ClientContext raw;
+    raw.AddMetadata("authorization", "Bearer " + cluster.client_token());
+    const std::string garbage = "\xff\xff\xff\xff\x0f\x0a\x80";
+    grpc::Slice slice(garbage);
+    grpc::ByteBuffer request_buffer(&slice, 1), response_buffer;
+    grpc::GenericStub generic(cluster.channel());
+    grpc::CompletionQueue cq;
+    auto call = generic.PrepareUnaryCall(&raw, "/saegrid.v1.JobService/GetJob", request_buffer, &cq);
+    call->StartCall();
+    grpc::Status malformed;
+    call->Finish(&response_buffer, &malformed, reinterpret_cast<void*>(1));
+    void* tag;
+    bool ok;
+    ASSERT_TRUE(cq.Next(&tag, &ok));
+    EXPECT_EQ(malformed.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << malformed.error_message();
+    EXPECT_THAT(malformed.error_message(), HasSubstr("malformed protobuf"));
+  }
+  // A 1 MiB job id is not echoed back whole.
+  v1::GetJobRequest long_id;
+  long_id.set_job_id(std::string(1 << 20, 'x'));
+  v1::Job long_job;
+  status = cluster.jobs().GetJob(cluster.Context().get(), long_id, &long_job);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_LT(status.error_message().size(), 300u);
+  // NaN passes no range check.
+  v1::CancelJobRequest nan_cancel;
+  nan_cancel.set_job_id("job-000001");
+  nan_cancel.set_grace_seconds(std::nan(""));
+  v1::Job nan_job;
+  EXPECT_EQ(cluster.jobs().CancelJob(cluster.Context().get(), nan_cancel, &nan_job).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  {
+    v1::WatchJobRequest watch;
+    watch.set_job_id("job-000001");
+    watch.set_progress_interval_seconds(std::nan(""));
+    auto wctx = cluster.Context();
+    auto reader = cluster.jobs().WatchJob(wctx.get(), watch);
+    v1::JobUpdate update;
+    while (reader->Read(&update)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
 
   // Oversized: a 5 MiB label value is refused by the transport's limit.
   v1::SubmitJobRequest huge = bad;
@@ -512,35 +565,59 @@ TEST(Service, WorkerShutdownCheckpointsAndTheJobResumesFromThere) {
 }
 
 // The worker API driven by hand, as a misbehaving worker would: uploads with a wrong checksum,
-// wrong size or no header are refused with the right codes; a good upload and result finish the job.
-TEST(Service, WorkerProtocolRejectsBadUploadsAndFinishesOnResult) {
+// wrong size or no header are refused with the right codes, and so is an archive that is not a
+// checkpoint of the job; a second worker holding the shared worker token can neither take the
+// first one's id nor report for its rank; a good upload and result finish the job.
+TEST(Service, WorkerProtocolRefusesBadUploadsAndForgeriesAndFinishesOnResult) {
   testing::ClusterOptions options;
   options.workers = 0;
   ServiceCluster cluster(options);
+  // Real checkpoints of the job below (steps 1 and 2), made by the trainer as a rank would.
+  const std::string spec_yaml = "data: {synthetic: {d: 32}}\ntraining: {total_tokens: 8192}\n";
+  testing::WriteFile(cluster.dir() / "local.yaml",
+                     spec_yaml + "checkpoint: {every_steps: 1, keep_last: 0}\nresources: {num_threads: 1}\n");
+  ASSERT_EQ(testing::RunProcess({SAEGRID_BINARY, "train", "--config", cluster.dir() / "local.yaml", "--output-dir",
+                                 cluster.dir() / "local", "--quiet"},
+                                cluster.dir() / "local.log", 300),
+            0)
+      << testing::ReadFile(cluster.dir() / "local.log");
+  std::map<int, std::string> archives;
+  for (int step : {1, 2}) {
+    archives[step] = cluster.dir() / absl::StrFormat("step_%d.tar", step);
+    ASSERT_TRUE(PackDirectory(cluster.dir() / absl::StrFormat("local/checkpoints/step_%09d", step), archives[step]).ok());
+  }
+
   auto workers = cluster.WorkerStub();
   const std::string token = cluster.worker_token();
-  v1::RegisterWorkerRequest reg;
-  reg.set_worker_id("hand");
-  reg.mutable_capabilities()->set_device_kind("cpu");
-  reg.mutable_capabilities()->set_host("127.0.0.1");
-  reg.mutable_capabilities()->set_rendezvous_port_min(40000);
-  reg.mutable_capabilities()->set_rendezvous_port_max(40000);
+  auto registration = [&](const std::string& id, const std::string& session) {
+    v1::RegisterWorkerRequest reg;
+    reg.set_worker_id(id);
+    reg.set_session(session);
+    reg.mutable_capabilities()->set_device_kind("cpu");
+    reg.mutable_capabilities()->set_host("127.0.0.1");
+    reg.mutable_capabilities()->set_rendezvous_port_min(40000);
+    reg.mutable_capabilities()->set_rendezvous_port_max(40000);
+    return reg;
+  };
   v1::RegisterWorkerResponse registered;
-  ASSERT_TRUE(workers->RegisterWorker(cluster.Context(token).get(), reg, &registered).ok());
+  ASSERT_TRUE(workers->RegisterWorker(cluster.Context(token).get(), registration("hand", ""), &registered).ok());
   EXPECT_GT(registered.heartbeat_interval_seconds(), 0);
+  ASSERT_FALSE(registered.session().empty());
 
-  v1::SubmitJobRequest submit;
-  submit.set_request_id("by-hand");
-  submit.mutable_spec()->mutable_data()->mutable_synthetic()->set_d(32);
-  submit.mutable_spec()->mutable_training()->set_total_tokens(8192);
+  auto submit = ParseJobSpec(spec_yaml, "test");
+  ASSERT_TRUE(submit.ok());
+  v1::SubmitJobRequest request;
+  request.set_request_id("by-hand");
+  *request.mutable_spec() = *submit;
   v1::SubmitJobResponse submitted;
-  ASSERT_TRUE(cluster.jobs().SubmitJob(cluster.Context().get(), submit, &submitted).ok());
+  ASSERT_TRUE(cluster.jobs().SubmitJob(cluster.Context().get(), request, &submitted).ok());
   const std::string job_id = submitted.job().job_id();
 
   auto hctx = cluster.Context(token);
   auto stream = workers->Heartbeat(hctx.get());
   v1::WorkerHeartbeat beat;
   beat.set_worker_id("hand");
+  beat.set_session(registered.session());
   v1::WorkerCommands commands;
   v1::Assignment assignment;
   for (int i = 0; i < 50 && assignment.attempt_id().empty(); ++i) {
@@ -553,6 +630,7 @@ TEST(Service, WorkerProtocolRejectsBadUploadsAndFinishesOnResult) {
   EXPECT_EQ(assignment.job_id(), job_id);
   EXPECT_EQ(assignment.world_size(), 1);
   EXPECT_EQ(assignment.rendezvous(), "127.0.0.1:40000");
+  EXPECT_EQ(assignment.rank_credential().size(), 64u);
   auto* running = beat.add_running();
   running->set_job_id(job_id);
   running->set_attempt_id(assignment.attempt_id());
@@ -561,42 +639,86 @@ TEST(Service, WorkerProtocolRejectsBadUploadsAndFinishesOnResult) {
   EXPECT_EQ(commands.start_size(), 0) << "an assignment the worker runs is not sent again";
   EXPECT_EQ(cluster.GetJob(job_id).state(), v1::JOB_STATE_RUNNING);
 
-  const std::string payload = "not really a tar archive, but bytes with a checksum";
-  rpc::Sha256 hash;
-  hash.Update(payload);
-  const std::string sha = hash.HexDigest();
-  auto upload = [&](bool header, int64_t size, const std::string& digest, const std::string& data,
-                    v1::UploadCheckpointResponse* response) {
+  // An intruder with the worker token: it cannot take the live worker's id...
+  v1::RegisterWorkerResponse stolen;
+  EXPECT_EQ(workers->RegisterWorker(cluster.Context(token).get(), registration("hand", ""), &stolen).error_code(),
+            grpc::StatusCode::ALREADY_EXISTS);
+  // ...and under its own id it cannot report for the job's rank.
+  ASSERT_TRUE(workers->RegisterWorker(cluster.Context(token).get(), registration("intruder", ""), &stolen).ok());
+  v1::ReportResultRequest forged;
+  forged.set_worker_id("intruder");
+  forged.set_job_id(job_id);
+  forged.set_attempt_id(assignment.attempt_id());
+  forged.set_outcome(v1::RANK_OUTCOME_SUCCEEDED);
+  forged.set_final_step(2);
+  forged.set_final_tokens(8192);
+  v1::ReportResultResponse reported;
+  EXPECT_EQ(workers->ReportResult(cluster.Context(token).get(), forged, &reported).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  forged.set_rank_credential(assignment.rank_credential());  // even with the credential, not from its id
+  EXPECT_EQ(workers->ReportResult(cluster.Context(token).get(), forged, &reported).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(cluster.GetJob(job_id).state(), v1::JOB_STATE_RUNNING);
+
+  auto upload = [&](const std::string& worker, const std::string& credential, int step, int64_t size,
+                    const std::string& digest, const std::string& data, v1::UploadCheckpointResponse* response,
+                    bool header = true) {
     auto ctx = cluster.Context(token);
     auto writer = workers->UploadCheckpoint(ctx.get(), response);
     v1::UploadCheckpointChunk chunk;
     if (header) {
       auto* h = chunk.mutable_header();
-      h->set_worker_id("hand");
+      h->set_worker_id(worker);
       h->set_job_id(job_id);
       h->set_attempt_id(assignment.attempt_id());
-      h->set_step(1);
-      h->set_tokens(4096);
+      h->set_rank_credential(credential);
+      h->set_step(step);
+      h->set_tokens(4096 * step);
       h->set_size_bytes(size);
       h->set_sha256(digest);
+      h->set_final(step == 2);
       writer->Write(chunk);
     }
-    chunk.set_data(data);
-    writer->Write(chunk);
+    for (size_t at = 0; at < data.size(); at += rpc::kChunkBytes) {
+      chunk.set_data(data.substr(at, rpc::kChunkBytes));
+      writer->Write(chunk);
+    }
     writer->WritesDone();
     return writer->Finish();
   };
+  auto sha = [](const std::string& bytes) {
+    rpc::Sha256 hash;
+    hash.Update(bytes);
+    return hash.HexDigest();
+  };
+  const std::string credential = assignment.rank_credential();
+  const std::string junk = "not really a tar archive, but bytes with a checksum";
+  const std::string real = testing::ReadFile(archives[1]);
   v1::UploadCheckpointResponse uploaded;
-  EXPECT_EQ(upload(true, payload.size(), std::string(64, '0'), payload, &uploaded).error_code(),
+  EXPECT_EQ(upload("hand", credential, 1, junk.size(), std::string(64, '0'), junk, &uploaded).error_code(),
             grpc::StatusCode::DATA_LOSS);
-  EXPECT_EQ(upload(true, payload.size() - 1, sha, payload, &uploaded).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_EQ(upload(true, payload.size() + 5, sha, payload, &uploaded).error_code(), grpc::StatusCode::DATA_LOSS);
-  EXPECT_EQ(upload(false, 0, "", payload, &uploaded).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_EQ(upload(true, payload.size(), "short", payload, &uploaded).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(upload("hand", credential, 1, junk.size() - 1, sha(junk), junk, &uploaded).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(upload("hand", credential, 1, junk.size() + 5, sha(junk), junk, &uploaded).error_code(),
+            grpc::StatusCode::DATA_LOSS);
+  EXPECT_EQ(upload("hand", credential, 1, 0, "", junk, &uploaded, /*header=*/false).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(upload("hand", credential, 1, junk.size(), "short", junk, &uploaded).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  const grpc::Status not_archive = upload("hand", credential, 1, junk.size(), sha(junk), junk, &uploaded);
+  EXPECT_EQ(not_archive.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(not_archive.error_message(), HasSubstr("not a valid checkpoint archive"));
+  EXPECT_EQ(upload("intruder", credential, 1, real.size(), sha(real), real, &uploaded).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(upload("hand", std::string(64, 'f'), 1, real.size(), sha(real), real, &uploaded).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(upload("hand", credential, 2, real.size(), sha(real), real, &uploaded).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT)
+      << "the step-1 archive claimed as step 2";
   const v1::ListCheckpointsResponse list = cluster.Checkpoints(job_id);
   EXPECT_EQ(list.checkpoints_size(), 0) << "no refused upload is stored";
-  ASSERT_TRUE(upload(true, payload.size(), sha, payload, &uploaded).ok());
-  EXPECT_EQ(uploaded.checkpoint().sha256(), sha);
+  ASSERT_TRUE(upload("hand", credential, 1, real.size(), sha(real), real, &uploaded).ok());
+  EXPECT_EQ(uploaded.checkpoint().sha256(), sha(real));
 
   // Downloads resume at an offset; an offset past the end is OUT_OF_RANGE.
   v1::DownloadCheckpointRequest dr;
@@ -609,15 +731,15 @@ TEST(Service, WorkerProtocolRejectsBadUploadsAndFinishesOnResult) {
   bool first = true;
   while (reader->Read(&chunk)) {
     if (first) {
-      EXPECT_EQ(chunk.info().size_bytes(), static_cast<int64_t>(payload.size()));
-      EXPECT_EQ(chunk.info().sha256(), sha);
+      EXPECT_EQ(chunk.info().size_bytes(), static_cast<int64_t>(real.size()));
+      EXPECT_EQ(chunk.info().sha256(), sha(real));
       first = false;
     }
     tail += chunk.data();
   }
   ASSERT_TRUE(reader->Finish().ok());
-  EXPECT_EQ(tail, payload.substr(10));
-  dr.set_offset(payload.size() + 1);
+  EXPECT_EQ(tail, real.substr(10));
+  dr.set_offset(real.size() + 1);
   auto octx = cluster.Context();
   auto past = cluster.jobs().DownloadCheckpoint(octx.get(), dr);
   while (past->Read(&chunk)) {
@@ -630,21 +752,35 @@ TEST(Service, WorkerProtocolRejectsBadUploadsAndFinishesOnResult) {
   stale.set_attempt_id("job-000001-99");
   v1::ReportProgressResponse progressed;
   EXPECT_EQ(workers->ReportProgress(cluster.Context(token).get(), stale, &progressed).error_code(),
-            grpc::StatusCode::FAILED_PRECONDITION);
+            grpc::StatusCode::PERMISSION_DENIED);
+  v1::ReportProgressRequest bad = stale;
+  bad.set_attempt_id(assignment.attempt_id());
+  bad.set_rank_credential(credential);
+  bad.mutable_progress()->set_step(-5);
+  bad.mutable_progress()->set_tokens(-1);
+  bad.mutable_progress()->set_fvu(std::nan(""));
+  EXPECT_EQ(workers->ReportProgress(cluster.Context(token).get(), bad, &progressed).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
 
+  const std::string final_archive = testing::ReadFile(archives[2]);
+  ASSERT_TRUE(upload("hand", credential, 2, final_archive.size(), sha(final_archive), final_archive, &uploaded).ok());
   v1::ReportResultRequest result;
   result.set_worker_id("hand");
   result.set_job_id(job_id);
   result.set_attempt_id(assignment.attempt_id());
   result.set_rank(0);
+  result.set_rank_credential(credential);
   result.set_outcome(v1::RANK_OUTCOME_SUCCEEDED);
   result.set_final_step(2);
   result.set_final_tokens(8192);
+  result.mutable_evaluation()->set_fvu(0.25);
+  result.mutable_evaluation()->set_mse(0.01);
+  result.mutable_evaluation()->set_l0(32);
+  result.mutable_evaluation()->set_dead_fraction(0.125);
   result.set_evaluation_json(R"({"fvu": 0.25, "mse": 0.01, "l0": 32, "dead_fraction": 0.125})");
-  v1::ReportResultResponse reported;
   ASSERT_TRUE(workers->ReportResult(cluster.Context(token).get(), result, &reported).ok());
   const v1::Job done = cluster.GetJob(job_id);
-  EXPECT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.message();
   EXPECT_EQ(done.tokens_consumed(), 8192);
   const v1::Evaluation evaluation = cluster.Evaluation(job_id);
   EXPECT_DOUBLE_EQ(evaluation.fvu(), 0.25);
@@ -704,6 +840,49 @@ TEST(Service, SchedulingOrderReasonsAndDeadlines) {
   EXPECT_EQ(expired.state(), v1::JOB_STATE_FAILED);
   EXPECT_EQ(expired.failure_reason(), v1::FAILURE_REASON_DEADLINE_EXCEEDED);
   EXPECT_EQ(cluster.GetJob(huge).state(), v1::JOB_STATE_PENDING);
+}
+
+// A rank that refuses its configuration (exit 2: data.path missing on the worker) fails the job
+// once, with the rank's message; retrying a deterministic failure would only repeat it.
+TEST(Service, AConfigErrorOnTheWorkerFailsTheJobWithoutRetries) {
+  testing::ClusterOptions options;
+  options.workers = 1;
+  ServiceCluster cluster(options);
+  const std::string job_id = SubmitWithCli(
+      cluster, "max_restarts: 3\nmodel: {d_in: 16, num_latents: 64, k: 4}\ndata: {path: /nonexistent/activations}\n"
+               "training: {total_tokens: 4096}\n", "missing-data");
+  const v1::Job done = cluster.WaitFor(job_id, Terminal, 120);
+  EXPECT_EQ(done.state(), v1::JOB_STATE_FAILED) << cluster.Logs();
+  EXPECT_EQ(done.failure_reason(), v1::FAILURE_REASON_INVALID_CONFIG);
+  EXPECT_EQ(done.restarts(), 0);
+  EXPECT_EQ(done.attempts_size(), 1);
+  EXPECT_THAT(done.message(), HasSubstr("not retried"));
+  EXPECT_THAT(done.message(), HasSubstr("/nonexistent/activations"));
+  EXPECT_THAT(done.message(), ::testing::Not(HasSubstr("OpenBLAS")));
+}
+
+// A guessable token is refused at startup; running without tokens is loud about it.
+TEST(Service, ShortTokensAreRefusedAndUnauthenticatedModeWarns) {
+  testing::TempDir dir;
+  testing::WriteFile(dir / "short.token", "x\n");
+  testing::WriteFile(dir / "worker.token", "a-long-enough-worker-token\n");
+  const std::string log = dir / "coordinator.log";
+  EXPECT_EQ(testing::RunProcess({SAEGRID_COORDINATOR_BINARY, "--listen", "127.0.0.1:0", "--data-dir", dir / "data",
+                                 "--client-token-file", dir / "short.token", "--worker-token-file",
+                                 dir / "worker.token", "--metrics-listen", "off"},
+                                log, 30),
+            2);
+  EXPECT_THAT(testing::ReadFile(log), HasSubstr("client token has 1 characters; use at least 16"));
+  const pid_t open = testing::StartProcess({SAEGRID_COORDINATOR_BINARY, "--listen", "127.0.0.1:0", "--data-dir",
+                                            dir / "data", "--allow-unauthenticated", "--metrics-listen", "off",
+                                            "--port-file", dir / "port"},
+                                           log);
+  for (int i = 0; i < 100 && !std::filesystem::exists(dir / "port"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ::kill(open, SIGTERM);
+  testing::WaitProcess(open, 20);
+  EXPECT_THAT(testing::ReadFile(log), HasSubstr("WARNING: --allow-unauthenticated"));
 }
 
 // The client's exit codes are stable for scripts.

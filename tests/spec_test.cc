@@ -4,9 +4,13 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 
+#include "absl/strings/str_cat.h"
 #include "spec/job_spec_loader.h"
 #include "spec/train_config.h"
 #include "tests/test_support.h"
@@ -81,6 +85,55 @@ TEST(JobSpec, BadValuesAreNamedWithTheRule) {
               HasSubstr("model.compute_dtype: bfloat16 applies to the chunked TopK encoder"));
   EXPECT_THAT(SpecError("model: {encoder_chunk_latents: -4}\ndata: {path: x}\ntraining: {total_tokens: 1}\n"),
               HasSubstr("model.encoder_chunk_latents: must be in"));
+}
+
+// A "billion laughs" document: ten levels of nine aliases each, 9^10 (3.5 billion) nodes expanded.
+std::string AliasBomb() {
+  std::string s = "l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n";
+  for (int i = 1; i <= 10; ++i) {
+    s += absl::StrCat("l", i, ": &l", i, " [");
+    for (int j = 0; j < 9; ++j) absl::StrAppend(&s, j ? ", " : "", "*l", i - 1);
+    s += "]\n";
+  }
+  return s;
+}
+
+TEST(JobSpec, AliasBombIsRefusedAfterBoundedWork) {
+  const auto start = std::chrono::steady_clock::now();
+  auto spec = ParseJobSpec(AliasBomb(), "bomb.yaml");
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_FALSE(spec.ok());
+  EXPECT_THAT(std::string(spec.status().message()),
+              HasSubstr(absl::StrCat("bomb.yaml: the document expands to more than ", kMaxJobSpecNodes, " nodes")));
+  // Loosely: the bound stops the expansion after kMaxJobSpecNodes nodes (unbounded, ~22 s).
+  EXPECT_LT(seconds, 2.0);
+  // Aliases within the bound keep working.
+  auto aliased = ParseJobSpec("shared: &four 4\nmodel: {num_latents: 64, k: *four}\n", "aliases.yaml");
+  EXPECT_THAT(std::string(aliased.status().message()), HasSubstr("shared: unknown field"));
+  auto ok = ParseJobSpec("model: {num_latents: &n 64, k: 4}\ndata: {synthetic: {num_samples: *n}}\n", "aliases.yaml");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->data().synthetic().num_samples(), 64);
+}
+
+TEST(JobSpec, OversizedDeepOrSpecialInputsAreRefused) {
+  const std::string huge = std::string(kValid) + "# " + std::string(kMaxJobSpecBytes, 'x') + "\n";
+  EXPECT_THAT(std::string(ParseJobSpec(huge, "huge.yaml").status().message()),
+              HasSubstr(absl::StrCat("huge.yaml: ", huge.size(), " bytes, more than the ", kMaxJobSpecBytes)));
+  testing::TempDir dir;
+  testing::WriteFile(dir / "huge.yaml", huge);
+  EXPECT_THAT(std::string(LoadJobSpecFile(dir / "huge.yaml").status().message()),
+              HasSubstr(dir / "huge.yaml"));
+  EXPECT_THAT(std::string(LoadJobSpecFile(dir.path().string()).status().message()), HasSubstr("not a regular file"));
+  ASSERT_EQ(::mkfifo((dir / "fifo.yaml").c_str(), 0600), 0);
+  EXPECT_THAT(std::string(LoadJobSpecFile(dir / "fifo.yaml").status().message()), HasSubstr("not a regular file"));
+  // Bytes that are not UTF-8 (found by fuzz/job_spec_fuzzer.cc: they used to escape as an
+  // uncaught exception and end the process).
+  EXPECT_THAT(SpecError(std::string(kValid) + "name: \"a\xff\xff" "b\"\n"), HasSubstr("not UTF-8 text (byte "));
+  EXPECT_THAT(SpecError("{\"model\": {\"k\": 4}, \"da\xc0\xafta\": 1}"), HasSubstr("not UTF-8"));
+  const std::string surrogate = SpecError(std::string(kValid) + "name: \"\\ud800\"\n");
+  EXPECT_THAT(surrogate, ::testing::AnyOf(HasSubstr("job.yaml: "), ::testing::Eq("OK")));
+  const std::string deep = "model: " + std::string(kMaxJobSpecDepth + 5, '[') + std::string(kMaxJobSpecDepth + 5, ']');
+  EXPECT_THAT(SpecError(deep), HasSubstr(absl::StrCat("nested more than ", kMaxJobSpecDepth, " levels")));
 }
 
 TEST(JobSpec, ShippedExamplesAreValid) {

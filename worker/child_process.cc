@@ -49,16 +49,28 @@ absl::StatusOr<ChildProcess> ChildProcess::Start(const std::vector<std::string>&
   return child;
 }
 
-std::optional<int> ChildProcess::Poll() {
-  if (exit_code_ || pid_ < 0) return exit_code_;
+std::string ExitStatus::Describe() const {
+  if (!signaled) return absl::StrCat("exit code ", code);
+  const char* abbrev = ::sigabbrev_np(signal);
+  return abbrev != nullptr ? absl::StrCat("killed by signal SIG", abbrev) : absl::StrCat("killed by signal ", signal);
+}
+
+std::optional<ExitStatus> ChildProcess::Poll() {
+  if (exit_ || pid_ < 0) return exit_;
   int status = 0;
   const pid_t r = ::waitpid(pid_, &status, WNOHANG);
-  if (r == pid_) exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return exit_code_;
+  if (r == pid_) {
+    ExitStatus e;
+    e.signaled = WIFSIGNALED(status);
+    if (e.signaled) e.signal = WTERMSIG(status);
+    else e.code = WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+    exit_ = e;
+  }
+  return exit_;
 }
 
 void ChildProcess::Signal(int signal) {
-  if (pid_ > 0 && !exit_code_) ::kill(pid_, signal);
+  if (pid_ > 0 && !exit_) ::kill(pid_, signal);
 }
 
 }  // namespace saegrid::worker

@@ -1,5 +1,5 @@
 // saegrid-worker: registers with the coordinator and runs the ranks it is assigned, each in a
-// child process (`saegrid train --rank ...`).
+// child process (`saegrid-train --job-proto-json FILE --rank ...`).
 #include <signal.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
@@ -33,9 +33,9 @@ constexpr char kUsage[] =
     "  --rendezvous-ports LO-HI  ports a rank 0 here may serve its store on (default: one free port)\n"
     "  --device cpu|cuda         (default cpu)   --gpus N   GPUs offered (cuda)\n"
     "  --threads N               threads per rank (default: all cores)\n"
-    "  --trainer PATH            the saegrid binary (default: next to this one)\n"
+    "  --trainer PATH            the saegrid-train binary (default: next to this one)\n"
     "  --shutdown-grace S        on SIGTERM, time for ranks to write a final checkpoint (default 30)\n"
-    "  --metrics-listen HOST:PORT  serve Prometheus /metrics here (default 0.0.0.0:9465; \"off\": none)\n"
+    "  --metrics-listen HOST:PORT  serve Prometheus /metrics here (default 127.0.0.1:9465; \"off\": none)\n"
     "  --metrics-port-file FILE  write the bound metrics port here\n";
 
 int Fail(const std::string& message) {
@@ -66,8 +66,9 @@ int main(int argc, char** argv) {
   char hostname[HOST_NAME_MAX + 1] = {};
   gethostname(hostname, HOST_NAME_MAX);
   std::string coordinator, worker_id = hostname, data_dir = "saegrid-worker", token_file, tls_ca, host, ports,
-                           device = "cpu", gpus = "0", threads = "0", trainer, grace = "30",
-                           metrics_listen = "0.0.0.0:9465", metrics_port_file;
+                           device = "cpu", trainer, grace = "30",
+                           metrics_listen = "127.0.0.1:9465", metrics_port_file;
+  int64_t gpu_count = 0, thread_count = 0;
   bool help = false;
   auto parsed = rpc::ParseFlags(argc - 1, argv + 1,
                                 {{"--coordinator", {&coordinator}},
@@ -78,8 +79,8 @@ int main(int argc, char** argv) {
                                  {"--host", {&host}},
                                  {"--rendezvous-ports", {&ports}},
                                  {"--device", {&device}},
-                                 {"--gpus", {&gpus}},
-                                 {"--threads", {&threads}},
+                                 {"--gpus", FlagSpec::Int(&gpu_count, 0, 1024)},
+                                 {"--threads", FlagSpec::Int(&thread_count, 0, 1 << 16)},
                                  {"--trainer", {&trainer}},
                                  {"--shutdown-grace", {&grace}},
                                  {"--metrics-listen", {&metrics_listen}},
@@ -92,9 +93,7 @@ int main(int argc, char** argv) {
   if (!parsed.ok()) return Fail(absl::StrCat(parsed.message(), "\n", kUsage));
   if (coordinator.empty()) return Fail(absl::StrCat("--coordinator is required\n", kUsage));
   if (device != "cpu" && device != "cuda") return Fail("--device: must be cpu or cuda");
-  int gpu_count = 0, thread_count = 0, port_min = 0, port_max = 0;
-  if (!absl::SimpleAtoi(gpus, &gpu_count) || gpu_count < 0) return Fail("--gpus: expected a count");
-  if (!absl::SimpleAtoi(threads, &thread_count) || thread_count < 0) return Fail("--threads: expected a count");
+  int port_min = 0, port_max = 0;
   double grace_seconds = 0;
   if (auto st = rpc::ParseSeconds("--shutdown-grace", grace, &grace_seconds); !st.ok()) return Fail(std::string(st.message()));
   if (ports.empty()) {
@@ -112,7 +111,7 @@ int main(int argc, char** argv) {
     host = (coordinator_host == "127.0.0.1" || coordinator_host == "localhost") ? "127.0.0.1" : hostname;
   }
   if (trainer.empty()) {
-    trainer = (std::filesystem::read_symlink("/proc/self/exe").parent_path() / "saegrid").string();
+    trainer = (std::filesystem::read_symlink("/proc/self/exe").parent_path() / "saegrid-train").string();
   }
   if (!std::filesystem::exists(trainer)) return Fail(absl::StrCat("--trainer: ", trainer, " does not exist"));
   auto token = rpc::ReadSecret(token_file, "SAEGRID_WORKER_TOKEN", "--worker-token-file");
@@ -131,7 +130,8 @@ int main(int argc, char** argv) {
     metrics_server = *std::move(started);
     training_metrics = std::make_unique<metrics::TrainingMetrics>(metrics_server->registry());
     if (!metrics_port_file.empty()) {
-      rpc::WriteFileAtomically(metrics_port_file, absl::StrCat(metrics_server->port(), "\n"));
+      auto st = rpc::WriteFileAtomically(metrics_port_file, absl::StrCat(metrics_server->port(), "\n"));
+      if (!st.ok()) return Fail(absl::StrCat("--metrics-port-file: ", st.message()));
     }
   }
   worker::WorkerSettings settings;
@@ -141,10 +141,10 @@ int main(int argc, char** argv) {
   settings.trainer = trainer;
   settings.host = host;
   settings.token = *token;
-  settings.threads = thread_count;
+  settings.threads = static_cast<int>(thread_count);
   v1::WorkerCapabilities caps;
   caps.set_device_kind(device);
-  caps.set_gpu_count(gpu_count);
+  caps.set_gpu_count(static_cast<int>(gpu_count));
   caps.set_memory_bytes(static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE));
   caps.set_cpu_cores(static_cast<int>(std::thread::hardware_concurrency()));
   caps.set_host(host);

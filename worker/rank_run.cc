@@ -8,9 +8,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "engine/checkpoint_archive.h"
+#include "base/durable_file.h"
+#include "base/exit_code.h"
+#include "formats/checkpoint_archive.h"
 #include "google/protobuf/util/json_util.h"
-#include "nlohmann/json.hpp"
 #include "rpc/security.h"
 #include "rpc/sha256.h"
 #include "worker/child_process.h"
@@ -26,6 +27,23 @@ std::string Tail(const std::string& path, size_t bytes) {
   ss << in.rdbuf();
   std::string text = ss.str();
   return text.size() > bytes ? text.substr(text.size() - bytes) : text;
+}
+
+// The one place a rank's exit becomes its outcome (the numbers: base/exit_code.h). Known codes
+// win over a requested stop: a rank that lost a peer torn down with it still lost a peer.
+v1::RankOutcome OutcomeOf(const ExitStatus& exit, bool stop_requested) {
+  const v1::RankOutcome otherwise = stop_requested ? v1::RANK_OUTCOME_STOPPED : v1::RANK_OUTCOME_FAILED;
+  if (exit.signaled) return otherwise;
+  switch (static_cast<TrainExitCode>(exit.code)) {
+    case TrainExitCode::kOk: return v1::RANK_OUTCOME_SUCCEEDED;
+    case TrainExitCode::kStopped: return v1::RANK_OUTCOME_STOPPED;
+    case TrainExitCode::kPeerLost: return v1::RANK_OUTCOME_PEER_LOST;
+    case TrainExitCode::kRestoreFailed: return v1::RANK_OUTCOME_RESTORE_FAILED;
+    case TrainExitCode::kInvalidConfig: return v1::RANK_OUTCOME_INVALID_CONFIG;
+    case TrainExitCode::kOutOfMemory: return v1::RANK_OUTCOME_OUT_OF_MEMORY;
+    case TrainExitCode::kFailed: break;
+  }
+  return otherwise;
 }
 
 bool Retryable(const grpc::Status& s) {
@@ -82,6 +100,9 @@ absl::Status RankRun::FetchResumeCheckpoint(const std::string& checkpoints_dir) 
       [&](grpc::ClientContext* ctx) {
         v1::FetchCheckpointRequest request;
         request.set_job_id(assignment_.job_id());
+        request.set_attempt_id(assignment_.attempt_id());
+        request.set_rank(assignment_.rank());
+        request.set_rank_credential(assignment_.rank_credential());
         request.set_step(info.step());
         request.set_offset(received);  // a retry continues where the last stream broke
         auto reader = stub_->FetchCheckpoint(ctx, request);
@@ -108,7 +129,9 @@ absl::Status RankRun::FetchResumeCheckpoint(const std::string& checkpoints_dir) 
   return st;
 }
 
-absl::Status RankRun::UploadCheckpoint(const std::string& step_dir, int64_t step) {
+absl::Status RankRun::UploadCheckpoint(const v1::CheckpointWritten& checkpoint) {
+  const std::string& step_dir = checkpoint.directory();
+  const int64_t step = checkpoint.step();
   const std::string archive = absl::StrFormat("%s/upload_step_%09d.tar", dir_, step);
   if (auto st = PackDirectory(step_dir, archive); !st.ok()) return st;
   auto digest = rpc::Sha256OfFile(archive);
@@ -118,15 +141,15 @@ absl::Status RankRun::UploadCheckpoint(const std::string& step_dir, int64_t step
   header.set_worker_id(settings_.worker_id);
   header.set_job_id(assignment_.job_id());
   header.set_attempt_id(assignment_.attempt_id());
+  header.set_rank(assignment_.rank());
+  header.set_rank_credential(assignment_.rank_credential());
   header.set_step(step);
+  header.set_tokens(checkpoint.tokens());
   header.set_size_bytes(size);
   header.set_sha256(*digest);
   // The trainer evaluates only when it ends (done or stopped), so the evaluated one is final.
   header.set_has_evaluation(fs::exists(step_dir + "/evaluation.json"));
   header.set_final(header.has_evaluation());
-  std::ifstream state(step_dir + "/trainer_state.json");
-  auto j = nlohmann::json::parse(state, nullptr, false);
-  if (j.is_object()) header.set_tokens(j.value("tokens", int64_t{0}));
   grpc::Status status = Retry(
       [&](grpc::ClientContext* ctx) {
         v1::UploadCheckpointResponse response;
@@ -155,40 +178,36 @@ void RankRun::ReadMetrics(const std::string& path, int64_t* offset) {
   if (!in) return;
   in.seekg(*offset);
   std::string line;
+  // The rank and this worker are built together; a field only a newer rank writes is skipped
+  // rather than costing the whole record.
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = true;
   while (std::getline(in, line)) {
     if (in.eof()) break;  // a line still being written
     *offset = static_cast<int64_t>(in.tellg());
-    auto j = nlohmann::json::parse(line, nullptr, false);
-    if (!j.is_object()) continue;
-    if (j.contains("checkpoint")) {
-      const std::string step_dir = j["checkpoint"].get<std::string>();
-      if (series_) {
-        int64_t bytes = 0;
-        std::error_code ec;
-        for (const auto& e : fs::recursive_directory_iterator(step_dir, ec)) {
-          if (e.is_regular_file(ec)) bytes += static_cast<int64_t>(e.file_size(ec));
-        }
-        series_->OnCheckpoint(j.value("seconds", 0.0), bytes);
-      }
-      if (assignment_.rank() == 0) new_checkpoints_.emplace_back(step_dir, j.value("step", int64_t{0}));
-    } else if (j.contains("evaluation")) {
-      evaluation_json_ = j["evaluation"].dump(2);
-    } else if (j.contains("loss")) {
-      if (series_) series_->OnStep(j);
-      progress_.set_step(j.value("step", int64_t{0}));
-      progress_.set_total_steps(j.value("total_steps", int64_t{0}));
-      progress_.set_tokens(j.value("tokens", int64_t{0}));
-      progress_.set_loss(j.value("loss", 0.0));
-      progress_.set_fvu(j.value("fvu", 0.0));
-      progress_.set_mse(j.value("mse", 0.0));
-      progress_.set_auxk_loss(j.value("auxk_loss", 0.0));
-      progress_.set_l0(j.value("l0", 0.0));
-      progress_.set_num_dead(j.value("num_dead", int64_t{0}));
-      progress_.set_dead_fraction(j.value("dead_fraction", 0.0));
-      progress_.set_lr(j.value("lr", 0.0));
-      progress_.set_tokens_per_second(j.value("tokens_per_second", 0.0));
-      progress_.set_step_seconds(j.value("step_seconds", 0.0));
-      progress_.set_overflow_rate(j.value("overflow_rate", 0.0));
+    v1::RankEvent event;
+    if (!google::protobuf::util::JsonStringToMessage(line, &event, options).ok()) {
+      std::fprintf(stderr, "saegrid-worker: %s: not a saegrid.v1.RankEvent: %.200s\n", path.c_str(), line.c_str());
+      continue;
+    }
+    switch (event.event_case()) {
+      case v1::RankEvent::kStep:
+        if (series_) series_->OnStep(event.step());
+        progress_ = event.step().progress();
+        break;
+      case v1::RankEvent::kCheckpoint:
+        if (series_) series_->OnCheckpoint(event.checkpoint());
+        if (assignment_.rank() == 0) new_checkpoints_.push_back(event.checkpoint());
+        break;
+      case v1::RankEvent::kEvaluation:
+        evaluation_ = event.evaluation();
+        evaluation_->set_job_id(assignment_.job_id());
+        break;
+      case v1::RankEvent::kFailure:
+        failure_ = event.failure();
+        break;
+      case v1::RankEvent::EVENT_NOT_SET:
+        break;
     }
   }
 }
@@ -199,10 +218,14 @@ void RankRun::Report(v1::RankOutcome outcome, int exit_code, const std::string& 
   request.set_job_id(assignment_.job_id());
   request.set_attempt_id(assignment_.attempt_id());
   request.set_rank(assignment_.rank());
+  request.set_rank_credential(assignment_.rank_credential());
   request.set_outcome(outcome);
   request.set_exit_code(exit_code);
   request.set_message(message.size() > 4000 ? message.substr(message.size() - 4000) : message);
-  request.set_evaluation_json(evaluation_json_);
+  if (evaluation_) {
+    request.set_evaluation_json(evaluation_->evaluation_json());
+    *request.mutable_evaluation() = *evaluation_;
+  }
   request.set_final_step(progress_.step());
   request.set_final_tokens(progress_.tokens());
   *request.mutable_final_progress() = progress_;
@@ -255,13 +278,17 @@ void RankRun::Run() {
   std::string json;
   google::protobuf::util::JsonPrintOptions options;
   options.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(spec, &json, options);
-  const std::string config = dir_ + "/job.json";
-  std::ofstream(config) << json;
+  if (!google::protobuf::util::MessageToJsonString(spec, &json, options).ok()) {
+    return Report(v1::RANK_OUTCOME_FAILED, -1, "cannot encode the job as proto JSON");
+  }
+  const std::string job_file = dir_ + "/job.json";
+  if (auto st = WriteFileDurably(job_file, json); !st.ok()) {
+    return Report(v1::RANK_OUTCOME_FAILED, -1, std::string(st.message()));
+  }
   const std::string metrics = dir_ + "/metrics.jsonl";
   const std::string log = dir_ + "/rank.log";
   auto child = ChildProcess::Start(
-      {settings_.trainer, "train", "--config", config, "--rank", std::to_string(assignment_.rank()), "--world-size",
+      {settings_.trainer, "--job-proto-json", job_file, "--rank", std::to_string(assignment_.rank()), "--world-size",
        std::to_string(assignment_.world_size()), "--rendezvous", assignment_.rendezvous(), "--attempt",
        assignment_.attempt_id(), "--metrics-jsonl", metrics, "--metrics-all-ranks", "--gather-checkpoints", "--quiet"},
       log, {{"SAEGRID_BIND_HOST", settings_.host}});
@@ -271,20 +298,21 @@ void RankRun::Run() {
   int64_t metrics_offset = 0, reported_step = -1;
   absl::Time last_report = absl::InfinitePast();
   bool signalled = false;
-  std::optional<int> exit_code;
+  std::optional<ExitStatus> exit;
   auto upload_new = [&] {
-    for (const auto& [step_dir, step] : new_checkpoints_) {
-      auto st = UploadCheckpoint(step_dir, step);
+    for (const auto& checkpoint : new_checkpoints_) {
+      auto st = UploadCheckpoint(checkpoint);
       if (!st.ok()) {
-        std::fprintf(stderr, "saegrid-worker: upload of %s failed: %s\n", step_dir.c_str(), std::string(st.message()).c_str());
+        std::fprintf(stderr, "saegrid-worker: upload of %s failed: %s\n", checkpoint.directory().c_str(),
+                     std::string(st.message()).c_str());
       }
-      fs::remove_all(step_dir, ec);  // the coordinator holds it now; the rank never reads it again
+      fs::remove_all(checkpoint.directory(), ec);  // the coordinator holds it now; the rank never reads it again
     }
     new_checkpoints_.clear();
   };
-  while (!exit_code) {
+  while (!exit) {
     absl::SleepFor(absl::Milliseconds(200));
-    exit_code = child->Poll();
+    exit = child->Poll();
     {
       absl::MutexLock lock(&mu_);
       if (stop_requested_ && !signalled) {
@@ -301,6 +329,8 @@ void RankRun::Run() {
       request.set_worker_id(settings_.worker_id);
       request.set_job_id(assignment_.job_id());
       request.set_attempt_id(assignment_.attempt_id());
+      request.set_rank(assignment_.rank());
+      request.set_rank_credential(assignment_.rank_credential());
       *request.mutable_progress() = progress_;
       grpc::ClientContext ctx;
       rpc::AttachToken(&ctx, settings_.token);
@@ -311,8 +341,12 @@ void RankRun::Run() {
     }
   }
   ReadMetrics(metrics, &metrics_offset);
-  if (leader && (*exit_code == 0 || *exit_code == 130)) upload_new();
-  const std::string tail = Tail(log, 2000);
+  const v1::RankOutcome outcome = OutcomeOf(*exit, /*stop_requested=*/false);
+  if (leader && (outcome == v1::RANK_OUTCOME_SUCCEEDED || outcome == v1::RANK_OUTCOME_STOPPED)) upload_new();
+  ReportExit(*exit, log);
+}
+
+void RankRun::ReportExit(const ExitStatus& exit, const std::string& log_path) {
   bool stop_was_requested;
   std::string stop_reason;
   {
@@ -320,17 +354,21 @@ void RankRun::Run() {
     stop_was_requested = stop_requested_;
     stop_reason = stop_reason_;
   }
-  switch (*exit_code) {
-    case 0: return Report(v1::RANK_OUTCOME_SUCCEEDED, 0, "");
-    case 130:
-      return Report(v1::RANK_OUTCOME_STOPPED, 130,
-                    stop_reason.empty() ? "stopped after a final checkpoint" : stop_reason);
-    case 3: return Report(v1::RANK_OUTCOME_PEER_LOST, 3, tail);
-    case 4: return Report(v1::RANK_OUTCOME_RESTORE_FAILED, 4, tail);
-    default:
-      if (stop_was_requested) return Report(v1::RANK_OUTCOME_STOPPED, *exit_code, "killed on request");
-      return Report(v1::RANK_OUTCOME_FAILED, *exit_code, tail);
+  const v1::RankOutcome outcome = OutcomeOf(exit, stop_was_requested);
+  const int code = exit.ShellCode();
+  if (outcome == v1::RANK_OUTCOME_SUCCEEDED) return Report(outcome, code, "");
+  if (outcome == v1::RANK_OUTCOME_STOPPED) {
+    if (!exit.signaled && exit.code == ToInt(TrainExitCode::kStopped)) {
+      return Report(outcome, code, stop_reason.empty() ? "stopped after a final checkpoint" : stop_reason);
+    }
+    return Report(outcome, code,
+                  exit.signaled ? absl::StrCat(exit.Describe(), " on request")
+                                : absl::StrCat("stopped on request (", exit.Describe(), ")"));
   }
+  // The rank's own account when it gave one; else how it ended and what it printed last.
+  if (failure_ && !failure_->message().empty()) return Report(outcome, code, failure_->message());
+  const std::string tail = Tail(log_path, 2000);
+  return Report(outcome, code, tail.empty() ? exit.Describe() : absl::StrCat(exit.Describe(), "; last output:\n", tail));
 }
 
 }  // namespace saegrid::worker

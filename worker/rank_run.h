@@ -1,26 +1,32 @@
-// One assignment on this worker: fetches the checkpoint to resume from, runs `saegrid train` for
-// the rank as a child process, and (rank 0) reports progress, uploads every checkpoint and the
-// final evaluation. The result is reported (with retries across coordinator restarts) before the
-// run counts as finished.
+// One assignment on this worker: fetches the checkpoint to resume from, runs `saegrid-train` for
+// the rank as a child process (the job as proto JSON, --job-proto-json), follows the rank's
+// --metrics-jsonl file (saegrid.v1.RankEvent lines) and (rank 0) reports progress, uploads every
+// checkpoint and the final evaluation. The result is reported (with retries across coordinator
+// restarts) before the run counts as finished. Every call for the rank carries the assignment's
+// rank and rank_credential.
 #pragma once
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "metrics/training_metrics.h"
+#include "saegrid/v1/rank_event.pb.h"
 #include "saegrid/v1/worker_service.grpc.pb.h"
+#include "worker/child_process.h"
 
 namespace saegrid::worker {
 
 struct WorkerSettings {
   std::string worker_id;
   std::string data_dir;      // per-attempt working directories
-  std::string trainer;       // the saegrid binary
+  std::string trainer;       // the saegrid-train binary
   std::string host;          // address peers reach this worker's ranks at
   std::string token;
   int threads = 0;           // per rank; 0: all cores
@@ -42,8 +48,11 @@ class RankRun {
  private:
   void Run();
   absl::Status FetchResumeCheckpoint(const std::string& checkpoints_dir);
-  absl::Status UploadCheckpoint(const std::string& step_dir, int64_t step);
+  absl::Status UploadCheckpoint(const v1::CheckpointWritten& checkpoint);
+  // Consumes the complete lines of the rank's metrics file from `*offset` on.
   void ReadMetrics(const std::string& path, int64_t* offset);
+  // The outcome and message of a rank that ended with `exit`.
+  void ReportExit(const ExitStatus& exit, const std::string& log_path);
   void Report(v1::RankOutcome outcome, int exit_code, const std::string& message);
   // Retries UNAVAILABLE (the coordinator restarting) for up to `patience`.
   template <typename Call>
@@ -60,10 +69,11 @@ class RankRun {
   bool final_checkpoint_ ABSL_GUARDED_BY(mu_) = false;
   std::string stop_reason_ ABSL_GUARDED_BY(mu_);
   absl::Time kill_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
-  // Rank 0's view of the training, from the --metrics-jsonl file.
+  // The rank's view of the training, from its --metrics-jsonl file.
   v1::TrainingProgress progress_;
-  std::string evaluation_json_;
-  std::vector<std::pair<std::string, int64_t>> new_checkpoints_;
+  std::optional<v1::Evaluation> evaluation_;
+  std::optional<v1::RankFailure> failure_;
+  std::vector<v1::CheckpointWritten> new_checkpoints_;  // rank 0: not uploaded yet
   std::unique_ptr<metrics::TrainingMetrics::Rank> series_;
 };
 

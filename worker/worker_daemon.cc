@@ -47,6 +47,7 @@ void WorkerDaemon::ReapFinished() {
 absl::Status WorkerDaemon::RegisterOnce() {
   v1::RegisterWorkerRequest request;
   request.set_worker_id(settings_.worker_id);
+  request.set_session(session_);  // proves this is the same daemon coming back, not a second one
   *request.mutable_capabilities() = capabilities_;
   for (auto& r : Running()) *request.add_running() = r;
   grpc::ClientContext ctx;
@@ -55,6 +56,7 @@ absl::Status WorkerDaemon::RegisterOnce() {
   v1::RegisterWorkerResponse response;
   grpc::Status status = stub_->RegisterWorker(&ctx, request, &response);
   if (!status.ok()) return rpc::FromGrpcStatus(status);
+  session_ = response.session();
   if (response.heartbeat_interval_seconds() > 0) {
     heartbeat_interval_ = absl::Seconds(response.heartbeat_interval_seconds());
   }
@@ -93,6 +95,7 @@ void WorkerDaemon::HeartbeatUntilBroken() {
     StopRunsIfShuttingDown();
     v1::WorkerHeartbeat heartbeat;
     heartbeat.set_worker_id(settings_.worker_id);
+    heartbeat.set_session(session_);
     for (auto& r : Running()) *heartbeat.add_running() = r;
     v1::WorkerCommands commands;
     if (!stream->Write(heartbeat) || !stream->Read(&commands)) break;

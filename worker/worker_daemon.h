@@ -1,6 +1,7 @@
 // The worker daemon: registers with the coordinator, keeps a heartbeat stream open, starts and
 // stops RankRuns as the coordinator says, and re-registers (listing what still runs) whenever the
-// stream breaks, e.g. across a coordinator restart.
+// stream breaks, e.g. across a coordinator restart. The session the coordinator hands out at
+// registration goes with every heartbeat and with the next registration.
 #pragma once
 
 #include <map>
@@ -38,6 +39,9 @@ class WorkerDaemon {
   std::shared_ptr<grpc::Channel> channel_;
   std::shared_ptr<v1::WorkerService::Stub> stub_;
   absl::Duration heartbeat_interval_ = absl::Seconds(1);
+  // From the last RegisterWorkerResponse; sent with every heartbeat and the next registration.
+  // Only the Run() thread touches it.
+  std::string session_;
   absl::Notification shutdown_;
   absl::Duration shutdown_grace_ = absl::Seconds(30);
   absl::Time drain_deadline_ = absl::InfiniteFuture();

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/data/synthetic.h"
+#include "engine/runtime.h"
 #include "nlohmann/json.hpp"
 
 namespace saegrid {
@@ -146,7 +147,14 @@ class PrefetchingSource : public ActivationSource {
         mu_.Await(absl::Condition(&has_room));
         if (stop_) return;
       }
-      absl::StatusOr<Batch> batch = stream_->Next(batch_size_);
+      // An exception would end the process from this thread (std::terminate); the trainer
+      // turns the status into the command's exit code instead (out of memory: 5).
+      absl::StatusOr<Batch> batch = absl::InternalError("no batch");
+      try {
+        batch = stream_->Next(batch_size_);
+      } catch (const std::exception& e) {
+        batch = StatusFromException(e);
+      }
       const bool failed = !batch.ok();
       absl::MutexLock lock(&mu_);
       queue_.push_back(std::move(batch));

@@ -1,7 +1,6 @@
 #include "engine/distributed/rendezvous.h"
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -14,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/distributed/bound_store.h"
 
 namespace saegrid {
 namespace {
@@ -64,21 +64,21 @@ absl::StatusOr<std::shared_ptr<Rendezvous>> Rendezvous::Join(const RendezvousOpt
   }
   std::shared_ptr<Rendezvous> r(new Rendezvous(options));
   const std::string where = absl::StrCat(options.host, ":", options.port);
-  try {
-    c10d::TCPStoreOptions store_options;
-    store_options.port = static_cast<uint16_t>(options.port);
-    store_options.isServer = options.rank == 0;
-    store_options.numWorkers = options.world_size;
-    store_options.waitWorkers = true;  // returns once every rank connected (or times out)
-    store_options.timeout = options.timeout;
-    r->tcp_ = c10::make_intrusive<c10d::TCPStore>(options.host, store_options);
-    store_options.isServer = false;
-    store_options.waitWorkers = false;
-    r->heartbeat_ = c10::make_intrusive<c10d::TCPStore>(options.host, store_options);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat("rank ", options.rank, ": rendezvous at ", where,
-                                               " failed (rank 0 serves it; are all ", options.world_size,
-                                               " ranks started?): ", e.what()));
+  {
+    // Our store rather than c10d::TCPStore: TCPStore's server (LibTorch 1.13) listens on every
+    // interface; this one binds the rendezvous host only (a 127.0.0.1 gang stays on loopback).
+    // Rank 0 serves it; the others retry connecting until the timeout. Waiting for every rank
+    // happens below, on the claims.
+    auto main = BoundStore::Connect(options.host, options.port, /*serve=*/options.rank == 0, options.timeout);
+    auto heartbeat = main.ok() ? BoundStore::Connect(options.host, options.port, /*serve=*/false, options.timeout)
+                               : main;
+    if (!heartbeat.ok()) {
+      return absl::UnavailableError(absl::StrCat("rank ", options.rank, ": rendezvous at ", where,
+                                                 " failed (rank 0 serves it; are all ", options.world_size,
+                                                 " ranks started?): ", heartbeat.status().message()));
+    }
+    r->tcp_ = *std::move(main);
+    r->heartbeat_ = *std::move(heartbeat);
   }
   r->store_ = c10::make_intrusive<c10d::PrefixStore>(absl::StrCat("attempt/", options.attempt), r->tcp_);
   try {

@@ -1,5 +1,5 @@
-// How the ranks of one gang find each other: a key-value store (LibTorch's TCPStore, served by
-// rank 0 at the rendezvous address) under a per-attempt namespace, so that a restarted gang never
+// How the ranks of one gang find each other: a key-value store (BoundStore, served by rank 0 and
+// bound to the rendezvous address) under a per-attempt namespace, so that a restarted gang never
 // reads the keys of a failed one. The store also carries a heartbeat per rank, which is how a
 // failed collective learns which rank was lost.
 #pragma once
