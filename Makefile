@@ -15,7 +15,10 @@ build: deps
 	cmake -S . -B $(BUILD_DIR) -G Ninja $(CMAKE_FLAGS)
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
-demo: build
+# The demo needs the four programs only, not the test binaries.
+demo: deps
+	cmake -S . -B $(BUILD_DIR) -G Ninja $(CMAKE_FLAGS)
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target saegrid saegrid-train saegrid-coordinator saegrid-worker
 	./scripts/demo.sh $(BUILD_DIR)
 
 test: build

@@ -8,6 +8,8 @@
 #include <fstream>
 #include <thread>
 
+#include "base/durable_file.h"
+#include "base/flags.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
@@ -16,7 +18,7 @@
 #include "coordinator/worker_service.h"
 #include "metrics/metrics_server.h"
 #include "metrics/rpc_metrics.h"
-#include "rpc/command_line.h"
+#include "rpc/termination_signals.h"
 #include "rpc/malformed_request.h"
 #include "rpc/security.h"
 
@@ -56,7 +58,7 @@ int main(int argc, char** argv) {
               restart_backoff = "1", reconnect_grace = "20", metrics_listen = "127.0.0.1:9464", metrics_port_file,
               health_listen;
   bool allow_unauthenticated = false, help = false;
-  auto parsed = rpc::ParseFlags(argc - 1, argv + 1,
+  auto parsed = ParseFlags(argc - 1, argv + 1,
                                 {{"--listen", {&listen}},
                                  {"--port-file", {&port_file}},
                                  {"--data-dir", {&data_dir}},
@@ -85,7 +87,7 @@ int main(int argc, char** argv) {
                                     std::tuple{"--heartbeat-timeout", &heartbeat_timeout, &options.heartbeat_timeout},
                                     std::tuple{"--restart-backoff", &restart_backoff, &options.restart_backoff_initial},
                                     std::tuple{"--reconnect-grace", &reconnect_grace, &options.reconnect_grace}}) {
-    if (auto st = rpc::ParseSeconds(flag, *text, &seconds); !st.ok()) return Fail(std::string(st.message()));
+    if (auto st = ParseSeconds(flag, *text, &seconds); !st.ok()) return Fail(std::string(st.message()));
     *target = absl::Seconds(seconds);
   }
   if (options.heartbeat_timeout <= options.heartbeat_interval) {
@@ -143,7 +145,7 @@ int main(int argc, char** argv) {
     (*coordinator)->SetMetrics(coordinator_metrics.get());
     interceptors.push_back(std::make_unique<metrics::RpcMetrics>(metrics_server->registry()));
     if (!metrics_port_file.empty()) {
-      if (auto st = rpc::WriteFileAtomically(metrics_port_file, absl::StrCat(metrics_server->port(), "\n")); !st.ok()) {
+      if (auto st = WriteFileDurably(metrics_port_file, absl::StrCat(metrics_server->port(), "\n")); !st.ok()) {
         return Fail(absl::StrCat("--metrics-port-file: ", st.message()));
       }
     }
@@ -173,7 +175,7 @@ int main(int argc, char** argv) {
     set_health(name, true);
   }
   if (!port_file.empty()) {
-    if (auto st = rpc::WriteFileAtomically(port_file, absl::StrCat(port, "\n")); !st.ok()) {
+    if (auto st = WriteFileDurably(port_file, absl::StrCat(port, "\n")); !st.ok()) {
       return Fail(absl::StrCat("--port-file: ", st.message()));
     }
   }

@@ -8,6 +8,7 @@
 #include <map>
 #include <sstream>
 
+#include "base/durable_file.h"
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -30,7 +31,7 @@ std::string CheckpointsDir(const std::string& output_dir) {
 std::string StepDirName(int64_t step) { return absl::StrFormat("step_%09d", step); }
 
 absl::Status WriteJson(const std::string& path, const nlohmann::json& j) {
-  return WriteFileAtomically(path, j.dump(2) + "\n");
+  return WriteFileDurably(path, j.dump(2) + "\n");
 }
 
 absl::StatusOr<nlohmann::json> ReadJson(const std::string& path) {
@@ -218,7 +219,7 @@ absl::StatusOr<std::string> FinishCheckpoint(const std::string& output_dir, cons
   fs::remove_all(final_dir, ec);
   fs::rename(tmp_dir, final_dir, ec);
   if (ec) return absl::InternalError("cannot rename " + tmp_dir.string() + ": " + ec.message());
-  st = WriteFileAtomically((root / kLatest).string(), StepDirName(c.state.step) + "\n");
+  st = WriteFileDurably((root / kLatest).string(), StepDirName(c.state.step) + "\n");
   if (!st.ok()) return st;
   return final_dir.string();
 }

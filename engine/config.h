@@ -1,6 +1,6 @@
 // Plain configuration of one training run. The service's saegrid.v1.JobSpec message (proto/) and
 // the local YAML/JSON config (spec/) map onto these structs; the engine itself depends on neither.
-// Defaults follow ../shared/reference/sae-training.md; docs/configuration.md lists every field.
+// Defaults follow the TopK SAE papers; docs/configuration.md lists every field.
 #pragma once
 
 #include <cstdint>

@@ -30,8 +30,4 @@ class MappedFile {
   size_t size_;
 };
 
-// Writes `contents` to `path` durably: a temporary name in the same directory, fsync, rename,
-// fsync of the directory. A crash leaves either the old file or the new one.
-absl::Status WriteFileAtomically(const std::string& path, const std::string& contents);
-
 }  // namespace saegrid

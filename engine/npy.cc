@@ -6,6 +6,7 @@
 #include <map>
 #include <string_view>
 
+#include "base/durable_file.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -81,7 +82,7 @@ absl::Status WriteNpy(const std::string& path, const torch::Tensor& tensor) {
   out += static_cast<char>((header.size() >> 8) & 0xff);
   out += header;
   out.append(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
-  return WriteFileAtomically(path, out);
+  return WriteFileDurably(path, out);
 }
 
 }  // namespace saegrid

@@ -1,4 +1,4 @@
-// NumPy .npy files (format: ../shared/reference/formats.md): a reader over a memory mapping whose
+// NumPy .npy files: a reader over a memory mapping whose
 // header is validated by formats/npy_header.h, and a writer. Only little-endian C-order arrays
 // are accepted.
 #pragma once

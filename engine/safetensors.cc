@@ -5,6 +5,7 @@
 #include <cstring>
 #include <string_view>
 
+#include "base/durable_file.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "formats/safetensors_header.h"
@@ -113,7 +114,7 @@ std::string SerializeSafetensors(const std::vector<std::pair<std::string, torch:
 absl::Status WriteSafetensors(const std::string& path,
                               const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                               const std::map<std::string, std::string>& metadata) {
-  return WriteFileAtomically(path, SerializeSafetensors(tensors, metadata));
+  return WriteFileDurably(path, SerializeSafetensors(tensors, metadata));
 }
 
 }  // namespace saegrid

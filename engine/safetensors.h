@@ -1,4 +1,4 @@
-// The project's own safetensors reader and writer (format: ../shared/reference/formats.md).
+// The project's own safetensors reader and writer.
 // The reader validates the whole header (formats/safetensors_header.h) before exposing any tensor
 // and rejects every malformed case with an error that names the file and the problem.
 #pragma once

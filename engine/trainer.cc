@@ -5,7 +5,7 @@
 #include <chrono>
 #include <cmath>
 
-#include "engine/status_macros.h"
+#include "base/status_macros.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"

@@ -1,4 +1,4 @@
-// The header of a NumPy .npy file (format: ../shared/reference/formats.md), parsed and validated
+// The header of a NumPy .npy file, parsed and validated
 // from bytes alone (no LibTorch, no file access). engine/npy.h maps the file and delegates here.
 #pragma once
 

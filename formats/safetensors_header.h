@@ -1,4 +1,4 @@
-// The header of a safetensors file (format: ../shared/reference/formats.md), parsed and validated
+// The header of a safetensors file, parsed and validated
 // from bytes alone: no LibTorch and no file access, so that the coordinator can check an uploaded
 // checkpoint and a fuzzer can drive it. The engine's reader (engine/safetensors.h) maps the file
 // and delegates the header to this.

@@ -8,6 +8,7 @@
 #include <set>
 #include <sstream>
 
+#include "base/status_macros.h"
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -116,13 +117,6 @@ class Fields {
   std::string prefix_;
 };
 
-#define SAEGRID_ASSIGN_OR_RETURN_FIELD(lhs, expr) \
-  do {                                            \
-    auto _v = (expr);                             \
-    if (!_v.ok()) return _v.status();             \
-    lhs = *std::move(_v);                         \
-  } while (0)
-
 }  // namespace
 
 bool IsPlainFileName(std::string_view name) {
@@ -139,16 +133,16 @@ absl::StatusOr<TrainerStateModel> ParseTrainerStateModel(const json& model, std:
   }
   const Fields f(model, what, "model.");
   TrainerStateModel m;
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(m.architecture, f.String("architecture", nullptr, {"topk", "relu"}));
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(m.d_in, f.Int("d_in", 1, kMaxTrainerStateDimension));
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(m.num_latents, f.Int("num_latents", 1, kMaxTrainerStateLatents));
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(m.k, f.Int("k", 1, m.num_latents));
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(m.k_aux, f.Int("k_aux", 0, kMaxTrainerStateLatents, 0));
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(m.auxk_alpha, f.Double("auxk_alpha", 0, m.auxk_alpha));
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(m.dead_tokens_threshold,
+  SAEGRID_ASSIGN_OR_RETURN(m.architecture, f.String("architecture", nullptr, {"topk", "relu"}));
+  SAEGRID_ASSIGN_OR_RETURN(m.d_in, f.Int("d_in", 1, kMaxTrainerStateDimension));
+  SAEGRID_ASSIGN_OR_RETURN(m.num_latents, f.Int("num_latents", 1, kMaxTrainerStateLatents));
+  SAEGRID_ASSIGN_OR_RETURN(m.k, f.Int("k", 1, m.num_latents));
+  SAEGRID_ASSIGN_OR_RETURN(m.k_aux, f.Int("k_aux", 0, kMaxTrainerStateLatents, 0));
+  SAEGRID_ASSIGN_OR_RETURN(m.auxk_alpha, f.Double("auxk_alpha", 0, m.auxk_alpha));
+  SAEGRID_ASSIGN_OR_RETURN(m.dead_tokens_threshold,
                                  f.Int("dead_tokens_threshold", 0, INT64_MAX, m.dead_tokens_threshold));
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(m.l1_coefficient, f.Double("l1_coefficient", 0, m.l1_coefficient));
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(m.normalize_inputs, f.String("normalize_inputs", "none", {"none", "layer_norm"}));
+  SAEGRID_ASSIGN_OR_RETURN(m.l1_coefficient, f.Double("l1_coefficient", 0, m.l1_coefficient));
+  SAEGRID_ASSIGN_OR_RETURN(m.normalize_inputs, f.String("normalize_inputs", "none", {"none", "layer_norm"}));
   return m;
 }
 
@@ -173,45 +167,45 @@ absl::StatusOr<TrainerStateRecord> ParseTrainerState(std::string_view text, std:
   const Fields f(j, what, "");
   TrainerStateRecord r;
   int64_t version = 0;
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(version, f.Int("format_version", 0, INT64_MAX));
+  SAEGRID_ASSIGN_OR_RETURN(version, f.Int("format_version", 0, INT64_MAX));
   if (version != kTrainerStateFormatVersion) {
     return f.Bad("format_version", absl::StrCat("unsupported version ", version, " (this build reads ",
                                                 kTrainerStateFormatVersion, ")"));
   }
   r.format_version = static_cast<int>(version);
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(r.step, f.Int("step", 0, INT64_MAX));
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(r.tokens, f.Int("tokens", 0, INT64_MAX));
+  SAEGRID_ASSIGN_OR_RETURN(r.step, f.Int("step", 0, INT64_MAX));
+  SAEGRID_ASSIGN_OR_RETURN(r.tokens, f.Int("tokens", 0, INT64_MAX));
   if (r.tokens < r.step) {
     return f.Bad("tokens", absl::StrCat("(", r.tokens, ") is less than step (", r.step,
                                         "); every step trains at least one token"));
   }
   const json* cursor = nullptr;
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(cursor, f.Object("data_cursor", true));
+  SAEGRID_ASSIGN_OR_RETURN(cursor, f.Object("data_cursor", true));
   const Fields c(*cursor, what, "data_cursor.");
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(r.cursor_epoch, c.Int("epoch", 0, INT64_MAX));
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(r.cursor_offset, c.Int("offset", 0, INT64_MAX));
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(r.adam_step, f.Int("adam_step", 0, r.step));
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(r.has_ema, f.Bool("has_ema", false));
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(r.ema_updates, f.Int("ema_updates", 0, r.has_ema ? r.step : 0));
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(r.overflow_tokens, f.Int("overflow_tokens", 0, INT64_MAX, 0));
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(r.published_weights, f.String("published_weights", "raw", {"raw", "ema"}));
+  SAEGRID_ASSIGN_OR_RETURN(r.cursor_epoch, c.Int("epoch", 0, INT64_MAX));
+  SAEGRID_ASSIGN_OR_RETURN(r.cursor_offset, c.Int("offset", 0, INT64_MAX));
+  SAEGRID_ASSIGN_OR_RETURN(r.adam_step, f.Int("adam_step", 0, r.step));
+  SAEGRID_ASSIGN_OR_RETURN(r.has_ema, f.Bool("has_ema", false));
+  SAEGRID_ASSIGN_OR_RETURN(r.ema_updates, f.Int("ema_updates", 0, r.has_ema ? r.step : 0));
+  SAEGRID_ASSIGN_OR_RETURN(r.overflow_tokens, f.Int("overflow_tokens", 0, INT64_MAX, 0));
+  SAEGRID_ASSIGN_OR_RETURN(r.published_weights, f.String("published_weights", "raw", {"raw", "ema"}));
   if (r.published_weights == "ema" && !r.has_ema) {
     return f.Bad("published_weights", "is \"ema\" but has_ema is false");
   }
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(r.hookpoint, f.String("hookpoint", nullptr));
+  SAEGRID_ASSIGN_OR_RETURN(r.hookpoint, f.String("hookpoint", nullptr));
   if (!IsPlainFileName(r.hookpoint)) {
     return f.Bad("hookpoint", "must be a plain directory name, got " + Shown(json(r.hookpoint)));
   }
   const json* parallelism = nullptr;
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(parallelism, f.Object("parallelism", false));
+  SAEGRID_ASSIGN_OR_RETURN(parallelism, f.Object("parallelism", false));
   if (parallelism != nullptr) {
     const Fields p(*parallelism, what, "parallelism.");
-    SAEGRID_ASSIGN_OR_RETURN_FIELD(r.shards, p.Int("shards", 1, kMaxTrainerStateLatents));
-    SAEGRID_ASSIGN_OR_RETURN_FIELD(r.replicas, p.Int("replicas", 1, kMaxTrainerStateLatents));
+    SAEGRID_ASSIGN_OR_RETURN(r.shards, p.Int("shards", 1, kMaxTrainerStateLatents));
+    SAEGRID_ASSIGN_OR_RETURN(r.replicas, p.Int("replicas", 1, kMaxTrainerStateLatents));
   }
   const json* model = f.Find("model");
   if (model == nullptr) return f.Bad("model", "is required");
-  SAEGRID_ASSIGN_OR_RETURN_FIELD(r.model, ParseTrainerStateModel(*model, what));
+  SAEGRID_ASSIGN_OR_RETURN(r.model, ParseTrainerStateModel(*model, what));
 
   const json* slices = f.Find("state_slices");
   if (slices == nullptr) {
@@ -232,19 +226,19 @@ absl::StatusOr<TrainerStateRecord> ParseTrainerState(std::string_view text, std:
       return f.Bad(field, absl::StrCat("is one slice too many: the earlier ones cover all ", covered, " latents"));
     }
     TrainerStateSlice slice;
-    SAEGRID_ASSIGN_OR_RETURN_FIELD(slice.file, sf.String("file", nullptr));
+    SAEGRID_ASSIGN_OR_RETURN(slice.file, sf.String("file", nullptr));
     if (!IsPlainFileName(slice.file) || !absl::EndsWith(slice.file, ".safetensors")) {
       return sf.Bad("file", "must be a plain *.safetensors file name, got " + Shown(json(slice.file)));
     }
     if (!files.insert(slice.file).second) return sf.Bad("file", "names the file of an earlier slice");
     // The slices tile the latents in order: each begins where the previous one ended.
-    SAEGRID_ASSIGN_OR_RETURN_FIELD(slice.latent_begin, sf.Int("latent_begin", 0, INT64_MAX));
+    SAEGRID_ASSIGN_OR_RETURN(slice.latent_begin, sf.Int("latent_begin", 0, INT64_MAX));
     if (slice.latent_begin != covered) {
       return sf.Bad("latent_begin", absl::StrCat("must be ", covered, " (where the ", i == 0 ? "latents begin" : "previous slice ended",
                                                  ") so that the slices tile the latents in order, got ",
                                                  slice.latent_begin));
     }
-    SAEGRID_ASSIGN_OR_RETURN_FIELD(slice.latent_end, sf.Int("latent_end", covered + 1, r.model.num_latents));
+    SAEGRID_ASSIGN_OR_RETURN(slice.latent_end, sf.Int("latent_end", covered + 1, r.model.num_latents));
     covered = slice.latent_end;
     r.state_slices.push_back(std::move(slice));
   }

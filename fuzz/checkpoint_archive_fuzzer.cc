@@ -19,17 +19,17 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A private scratch directory per process (in memory when /dev/shm exists: one file write and
-// one extraction per input), removed at exit.
+// A private scratch directory per process, under $SAEGRID_FUZZ_SCRATCH (scripts/fuzz.sh points it
+// at a directory it removes afterwards; libFuzzer ends with _Exit, so no exit handler here would
+// run), else /dev/shm (one file write and one extraction per input, in memory), else $TMPDIR.
 const fs::path& Scratch() {
   static const fs::path dir = [] {
-    std::string base = fs::exists("/dev/shm") ? "/dev/shm" : fs::temp_directory_path().string();
+    const char* env = std::getenv("SAEGRID_FUZZ_SCRATCH");
+    std::string base = env != nullptr && *env != '\0' ? env
+                       : fs::exists("/dev/shm")       ? "/dev/shm"
+                                                      : fs::temp_directory_path().string();
     std::string pattern = base + "/saegrid_fuzz_archive_XXXXXX";
     FUZZ_CHECK(mkdtemp(pattern.data()) != nullptr);
-    std::atexit([] {
-      std::error_code ec;
-      fs::remove_all(Scratch(), ec);
-    });
     return fs::path(pattern);
   }();
   return dir;

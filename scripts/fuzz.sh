@@ -44,6 +44,12 @@ for h in "${harnesses[@]}"; do targets+=("fuzz_$h"); done
 cmake --build "$build_dir" -j "$jobs" --target "${targets[@]}"
 echo "fuzz.sh: built ${#targets[@]} harnesses in $(( $(date +%s) - start )) s"
 
+# Scratch files of the harnesses (checkpoint_archive writes each input to a file), removed at the
+# end whatever happens; in memory where /dev/shm exists.
+scratch="$(mktemp -d /dev/shm/saegrid-fuzz.XXXXXX 2>/dev/null || mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+export SAEGRID_FUZZ_SCRATCH="$scratch"
+
 failed=()
 for h in "${harnesses[@]}"; do
   work="$build_dir/corpus/$h"      # what this run adds; the seeds in the tree stay as they are

@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "engine/status_macros.h"
+#include "base/status_macros.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 

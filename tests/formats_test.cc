@@ -1,5 +1,5 @@
 // The safetensors and .npy readers/writers: round trips, and every malformed case of
-// ../shared/reference/formats.md rejected with an error naming the file and the problem; and
+// the formats rejected with an error naming the file and the problem; and
 // trainer_state.json validated before a resume trusts it.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

@@ -10,13 +10,15 @@
 #include <filesystem>
 #include <thread>
 
+#include "base/durable_file.h"
+#include "base/flags.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "metrics/metrics_server.h"
 #include "metrics/training_metrics.h"
-#include "rpc/command_line.h"
+#include "rpc/termination_signals.h"
 #include "rpc/security.h"
 #include "worker/worker_daemon.h"
 
@@ -70,7 +72,7 @@ int main(int argc, char** argv) {
                            metrics_listen = "127.0.0.1:9465", metrics_port_file;
   int64_t gpu_count = 0, thread_count = 0;
   bool help = false;
-  auto parsed = rpc::ParseFlags(argc - 1, argv + 1,
+  auto parsed = ParseFlags(argc - 1, argv + 1,
                                 {{"--coordinator", {&coordinator}},
                                  {"--worker-id", {&worker_id}},
                                  {"--data-dir", {&data_dir}},
@@ -95,7 +97,7 @@ int main(int argc, char** argv) {
   if (device != "cpu" && device != "cuda") return Fail("--device: must be cpu or cuda");
   int port_min = 0, port_max = 0;
   double grace_seconds = 0;
-  if (auto st = rpc::ParseSeconds("--shutdown-grace", grace, &grace_seconds); !st.ok()) return Fail(std::string(st.message()));
+  if (auto st = ParseSeconds("--shutdown-grace", grace, &grace_seconds); !st.ok()) return Fail(std::string(st.message()));
   if (ports.empty()) {
     port_min = port_max = FreePort();
   } else {
@@ -130,7 +132,7 @@ int main(int argc, char** argv) {
     metrics_server = *std::move(started);
     training_metrics = std::make_unique<metrics::TrainingMetrics>(metrics_server->registry());
     if (!metrics_port_file.empty()) {
-      auto st = rpc::WriteFileAtomically(metrics_port_file, absl::StrCat(metrics_server->port(), "\n"));
+      auto st = WriteFileDurably(metrics_port_file, absl::StrCat(metrics_server->port(), "\n"));
       if (!st.ok()) return Fail(absl::StrCat("--metrics-port-file: ", st.message()));
     }
   }

@@ -1,14 +1,8 @@
-#include "rpc/command_line.h"
+#include "rpc/termination_signals.h"
 
 #include <pthread.h>
 
-#include "base/durable_file.h"
-
 namespace saegrid::rpc {
-
-absl::Status WriteFileAtomically(const std::string& path, const std::string& contents) {
-  return WriteFileDurably(path, contents);
-}
 
 sigset_t BlockTerminationSignals() {
   sigset_t signals;
