@@ -5,6 +5,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sqlite3.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 
 #include <cmath>
 #include <filesystem>
@@ -23,6 +25,8 @@
 #include "formats/checkpoint_archive.h"
 #include "rpc/sha256.h"
 #include "spec/job_spec_loader.h"
+#include "spec/memory_estimate.h"
+#include "spec/train_config.h"
 #include "tests/process_support.h"
 
 namespace saegrid::coordinator {
@@ -210,6 +214,40 @@ TEST(WorkerRegistry, ALiveWorkersIdCannotBeTakenOver) {
   registry.StreamClosed("w", "session-3");
   EXPECT_TRUE(registry.Register(Registration("w"), "session-4", t0 + absl::Seconds(4)).ok());
   EXPECT_TRUE(registry.Register(Registration("w"), "session-5", t0 + absl::Seconds(60)).ok());
+}
+
+// ---- memory estimate ---------------------------------------------------------------------------
+
+// The estimate the coordinator places jobs by, against the peak RSS of the real trainer on the
+// same job: within a factor of two either way (it is an estimate, but not a guess).
+TEST(MemoryEstimate, WithinAFactorOfTwoOfTheTrainersPeak) {
+  TempDir dir;
+  const std::string yaml =
+      "model: {architecture: topk, num_latents: 16384, k: 32}\n"
+      "data:\n"
+      "  synthetic: {num_samples: 262144, num_features: 1024, d: 512, seed: 1}\n"
+      "  batch_size: 2048\n"
+      "training: {total_tokens: 8192}\n"
+      "checkpoint: {export_saelens: false}\n"
+      "resources: {num_threads: 1}\n";
+  testing::WriteFile(dir / "job.yaml", yaml);
+  auto spec = ParseJobSpec(yaml, "test");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  auto config = ToTrainConfig(*spec);
+  ASSERT_TRUE(config.ok()) << config.status();
+  const MemoryEstimate estimate = EstimateRankMemory(*config);
+  const pid_t pid = testing::StartProcess(
+      {SAEGRID_TRAIN_BINARY, "--config", dir / "job.yaml", "--output-dir", dir / "out", "--quiet"}, dir / "train.log");
+  int status = 0;
+  rusage usage{};
+  ASSERT_EQ(::wait4(pid, &status, 0, &usage), pid);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << testing::ReadFile(dir / "train.log");
+  const double peak = static_cast<double>(usage.ru_maxrss) * 1024;
+  const double ratio = peak / static_cast<double>(estimate.total());
+  std::fprintf(stderr, "memory estimate %s, trainer peak RSS %.1f MiB, ratio %.2f\n", estimate.ToString().c_str(),
+               peak / (1 << 20), ratio);
+  EXPECT_GT(ratio, 0.5) << "estimate " << estimate.ToString() << ", peak " << peak / (1 << 20) << " MiB";
+  EXPECT_LT(ratio, 2.0) << "estimate " << estimate.ToString() << ", peak " << peak / (1 << 20) << " MiB";
 }
 
 // ---- the Coordinator in-process -----------------------------------------------------------------
