@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
 #include "base/error_kind.h"
@@ -121,6 +122,11 @@ absl::Status StatusFromException(const std::exception& e) {
   const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
   std::string what = c10_error != nullptr ? c10_error->what_without_backtrace() : e.what();
   what = absl::StrReplaceAll(what, {{"\n", " "}, {"\r", " "}});
+  // LibTorch prefixes "[enforce fail at alloc_cpu.cpp:75] err == 0. ": where it failed, not what.
+  if (absl::StartsWith(what, "[enforce fail at ")) {
+    const size_t end = what.find(". ");
+    if (end != std::string::npos) what = what.substr(end + 2);
+  }
   const std::string message(absl::StripAsciiWhitespace(what));
   if (dynamic_cast<const std::bad_alloc*>(&e) != nullptr) return OutOfMemoryError(message.empty() ? "std::bad_alloc" : message);
   if (dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr) return OutOfMemoryError(message);
