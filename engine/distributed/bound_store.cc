@@ -14,6 +14,7 @@
 #include <cstring>
 #include <list>
 #include <map>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <thread>
@@ -101,6 +102,19 @@ std::vector<uint8_t> Bytes(const std::string& s) { return {s.begin(), s.end()}; 
 
 int64_t Millis(std::chrono::milliseconds t) { return t == c10d::Store::kNoTimeout ? -1 : t.count(); }
 
+// The TCP addresses `host:port` resolves to, freed with the pointer. NotFound names the host.
+using AddressList = std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)>;
+absl::StatusOr<AddressList> ResolveTcp(const std::string& host, int port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  const int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found);
+  if (rc != 0) return absl::NotFoundError(absl::StrCat("cannot resolve ", host, ": ", ::gai_strerror(rc)));
+  return AddressList(found, &::freeaddrinfo);
+}
+
 }  // namespace
 
 // Rank 0's server: one thread polling non-blocking sockets (the listening ones, a wake-up
@@ -110,17 +124,12 @@ class BoundStoreServer {
  public:
   static absl::StatusOr<std::shared_ptr<BoundStoreServer>> Start(const std::string& host, int port) {
     const std::string where = absl::StrCat(host, ":", port);
-    addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
-    addrinfo* found = nullptr;
-    const int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found);
-    if (rc != 0) {
+    auto addresses = ResolveTcp(host, port);
+    if (!addresses.ok()) {
       // NotFound: the caller retries (a pod's own DNS name may appear a moment after it starts).
-      return absl::NotFoundError(absl::StrCat("rendezvous store ", where, ": cannot resolve ", host, ": ",
-                                              ::gai_strerror(rc)));
+      return absl::NotFoundError(absl::StrCat("rendezvous store ", where, ": ", addresses.status().message()));
     }
+    addrinfo* found = addresses->get();
     auto server = std::shared_ptr<BoundStoreServer>(new BoundStoreServer());
     std::vector<std::string> errors;
     for (addrinfo* ai = found; ai != nullptr; ai = ai->ai_next) {
@@ -138,7 +147,6 @@ class BoundStoreServer {
         ::close(fd);
       }
     }
-    ::freeaddrinfo(found);
     if (server->listen_fds_.empty()) {
       return absl::UnavailableError(absl::StrCat("rendezvous store ", where, ": cannot listen: ",
                                                  errors.empty() ? "no address" : absl::StrJoin(errors, "; ")));
@@ -417,16 +425,12 @@ namespace {
 
 // One connection attempt to any address of host:port; -1 when none accepted.
 int ConnectOnce(const std::string& host, int port, std::string* error) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  addrinfo* found = nullptr;
-  const int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found);
-  if (rc != 0) {
-    *error = absl::StrCat("cannot resolve ", host, ": ", ::gai_strerror(rc));
+  auto addresses = ResolveTcp(host, port);
+  if (!addresses.ok()) {
+    *error = std::string(addresses.status().message());
     return -1;
   }
+  addrinfo* found = addresses->get();
   int fd = -1;
   for (addrinfo* ai = found; ai != nullptr && fd < 0; ai = ai->ai_next) {
     fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
@@ -437,7 +441,6 @@ int ConnectOnce(const std::string& host, int port, std::string* error) {
       fd = -1;
     }
   }
-  ::freeaddrinfo(found);
   if (fd >= 0) {
     const int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
