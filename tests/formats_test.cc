@@ -38,6 +38,23 @@ std::string OpenError(const std::string& path) {
   return f.ok() ? "" : std::string(f.status().message());
 }
 
+// A malformed safetensors file and the words its error must contain.
+struct BadSafetensors {
+  std::string name, contents, expected;
+};
+
+// Each file is refused with an error that says what is wrong and names the file.
+void ExpectRefused(const TempDir& dir, const std::vector<BadSafetensors>& cases) {
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::string path = dir / (c.name + ".safetensors");
+    WriteFile(path, c.contents);
+    const std::string error = OpenError(path);
+    EXPECT_THAT(error, HasSubstr(c.expected));
+    EXPECT_THAT(error, HasSubstr(path));
+  }
+}
+
 TEST(Safetensors, RoundTripsTensorsAndMetadata) {
   TempDir dir;
   const auto a = torch::randn({3, 5});
@@ -62,9 +79,7 @@ TEST(Safetensors, RoundTripsTensorsAndMetadata) {
 TEST(Safetensors, RejectsMalformedFiles) {
   TempDir dir;
   const std::string ok_entry = R"("t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
-  struct Case {
-    std::string name, contents, expected;
-  } cases[] = {
+  const std::vector<BadSafetensors> cases = {
       {"short", std::string(5, '\0'), "too short"},
       {"len_too_big", RawSafetensors("{" + ok_entry + "}", 8, 4096), "exceeds"},
       {"bad_json", RawSafetensors("{\"t\": [", 0), "not valid JSON"},
@@ -81,14 +96,7 @@ TEST(Safetensors, RejectsMalformedFiles) {
       {"begin_after_end", RawSafetensors(R"({"t":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}})", 8), "begin > end"},
       {"bad_metadata", RawSafetensors(R"({"__metadata__":{"a":1}})", 0), "not a string"},
   };
-  for (const auto& c : cases) {
-    SCOPED_TRACE(c.name);
-    const std::string path = dir / (c.name + ".safetensors");
-    WriteFile(path, c.contents);
-    const std::string error = OpenError(path);
-    EXPECT_THAT(error, HasSubstr(c.expected));
-    EXPECT_THAT(error, HasSubstr(path));
-  }
+  ExpectRefused(dir, cases);
   EXPECT_FALSE(SafetensorsFile::Open(dir / "does_not_exist.safetensors").ok());
 }
 
@@ -140,9 +148,7 @@ TEST(Npy, RejectsMalformedFiles) {
 
 TEST(Safetensors, SizesThatOverflowAndOddStructuresAreRefused) {
   TempDir dir;
-  struct Case {
-    std::string name, contents, expected;
-  } cases[] = {
+  const std::vector<BadSafetensors> cases = {
       {"overflow", RawSafetensors(R"({"t":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", 0),
        "overflows int64"},
       // The element count wraps to 0 in 128 bits: accepted (then allocated) before formats/.
@@ -163,14 +169,7 @@ TEST(Safetensors, SizesThatOverflowAndOddStructuresAreRefused) {
        "non-integer"},
       {"scalar_root", RawSafetensors("7", 0), "not a JSON object"},
   };
-  for (const auto& c : cases) {
-    SCOPED_TRACE(c.name);
-    const std::string path = dir / (c.name + ".safetensors");
-    WriteFile(path, c.contents);
-    const std::string error = OpenError(path);
-    EXPECT_THAT(error, HasSubstr(c.expected));
-    EXPECT_THAT(error, HasSubstr(path));
-  }
+  ExpectRefused(dir, cases);
   // A zero-sized dimension makes an empty tensor however large the others are.
   const std::string empty = RawSafetensors(R"({"t":{"dtype":"F64","shape":[0,9223372036854775807],"data_offsets":[0,0]}})", 0);
   auto header = ParseSafetensorsHeader(empty, static_cast<int64_t>(empty.size()), "empty");
