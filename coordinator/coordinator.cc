@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "coordinator/attempt_accounting.h"
 #include "coordinator/bounded_text.h"
+#include "base/device_name.h"
 #include "base/durable_file.h"
 #include "coordinator/job_lifecycle.h"
 #include "coordinator/scheduler.h"
@@ -72,7 +73,9 @@ Shape ShapeOf(const v1::JobSpec& spec, const TrainConfig& config) {
   s.k = config.model.k;
   s.architecture = config.model.architecture == Architecture::kTopK ? "topk" : "relu";
   s.hookpoint = config.checkpoint.hookpoint;
-  s.device = spec.parallelism().device().empty() ? "cpu" : spec.parallelism().device();
+  // The kind of device ("cuda:1" places like "cuda": the index is the worker's business).
+  const auto device = ParseDeviceName(spec.parallelism().device());
+  s.device = device ? device->kind : "cpu";
   s.gang_size = config.parallelism.shards * config.parallelism.replicas;
   s.memory_per_rank = std::max(spec.resources().min_memory_bytes(), EstimateRankMemory(config).total());
   return s;

@@ -41,7 +41,7 @@ int64_t EncoderChunkLatents(int64_t batch, int64_t num_latents, int64_t configur
 }
 
 EncoderCandidates SelectByChunkedEncoder(const torch::Tensor& x_centered, const SaeParameters& params,
-                                         int64_t main_width, const torch::Tensor& dead_latents,
+                                         int64_t main_width, const torch::Tensor& dead_mask,
                                          int64_t aux_width, ComputeDtype compute_dtype,
                                          int64_t chunk_latents, StepProfile* profile) {
   torch::NoGradGuard no_grad;
@@ -53,12 +53,18 @@ EncoderCandidates SelectByChunkedEncoder(const torch::Tensor& x_centered, const 
   const auto x = x_centered.to(dtype);
   const auto w_enc = params.w_enc.detach();
   const auto b_enc = params.b_enc.detach();
-  const bool with_aux = aux_width > 0 && dead_latents.defined() && dead_latents.numel() > 0;
-  const int64_t* dead = with_aux ? dead_latents.data_ptr<int64_t>() : nullptr;
-  const int64_t dead_count = with_aux ? dead_latents.numel() : 0;
+  const auto device = x_centered.device();
+  const bool with_aux = aux_width > 0 && dead_mask.defined();
+  // On the CPU the dead latents are offered by position (a host list, free to read there).
+  const bool dead_by_position = with_aux && device.is_cpu();
+  torch::Tensor dead_latents;
+  if (dead_by_position) dead_latents = dead_mask.nonzero().squeeze(1).contiguous();
+  const int64_t* dead = dead_by_position ? dead_latents.data_ptr<int64_t>() : nullptr;
+  const int64_t dead_count = dead_by_position ? dead_latents.numel() : 0;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
 
-  kernels::RunningTopK main(batch, main_width);
-  kernels::RunningTopK aux(batch, with_aux ? aux_width : 0);
+  kernels::RunningTopK main(batch, main_width, device);
+  kernels::RunningTopK aux(batch, with_aux ? aux_width : 0, device);
   double matmul_seconds = 0, select_seconds = 0;
   int64_t dead_cursor = 0;
   for (int64_t begin = 0; begin < num_latents; begin += chunk) {
@@ -69,7 +75,10 @@ EncoderCandidates SelectByChunkedEncoder(const torch::Tensor& x_centered, const 
     matmul_seconds += SecondsSince(start);
     start = Clock::now();
     main.Offer(pre, begin);
-    if (with_aux) {
+    if (with_aux && !dead_by_position) {
+      // Live latents cannot win: -inf is an empty slot (id 0), as a missing dead latent is.
+      aux.Offer(pre.masked_fill(dead_mask.narrow(0, begin, width).logical_not().unsqueeze(0), neg_inf), begin);
+    } else if (with_aux) {
       // The dead latents of this chunk, as positions within it.
       const int64_t first = dead_cursor;
       while (dead_cursor < dead_count && dead[dead_cursor] < begin + width) ++dead_cursor;

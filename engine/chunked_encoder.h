@@ -26,11 +26,15 @@ struct EncoderCandidates {
 int64_t EncoderChunkLatents(int64_t batch, int64_t num_latents, int64_t configured);
 
 // `x_centered` is x - b_pre [B, d] float32; `params` hold this shard's latents. Latent ids in the
-// result are local to the shard. `dead_latents` (sorted local ids, may be undefined or empty)
-// feeds the AuxK selection of `aux_width` (0: none). Adds the matmul's seconds to
-// `profile->encoder` and the selection's to `profile->topk` when `profile` is set.
+// result are local to the shard. `dead_mask` ([n] bool over the shard's latents, may be
+// undefined) feeds the AuxK selection of `aux_width` (0: none). Everything runs on the device of
+// `x_centered`, and on an accelerator nothing is copied to the host: the chunks' candidates are
+// merged on the device (kernels/running_topk.h), and AuxK offers each chunk with its live latents
+// masked to -inf instead of a host-side list of the dead ones. Adds the matmul's seconds to
+// `profile->encoder` and the selection's to `profile->topk` when `profile` is set (on an
+// accelerator these are launch times unless the caller synchronises).
 EncoderCandidates SelectByChunkedEncoder(const torch::Tensor& x_centered, const SaeParameters& params,
-                                         int64_t main_width, const torch::Tensor& dead_latents,
+                                         int64_t main_width, const torch::Tensor& dead_mask,
                                          int64_t aux_width, ComputeDtype compute_dtype,
                                          int64_t chunk_latents, StepProfile* profile);
 

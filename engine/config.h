@@ -108,7 +108,10 @@ struct ParallelConfig {
   double capacity_factor = 2.0;
   bool exact = false;              // offer k candidates per shard: the exact global top-k
   std::string backend = "gloo";    // "gloo" (CPU tensors) or "nccl" (CUDA tensors)
-  std::string device = "cpu";      // "cpu" or "cuda"
+  std::string device = "cpu";      // "cpu", "cuda" or "cuda:N" (engine/device.h)
+  // "auto": each device's own kernels (kernels/cpu/, kernels/cuda/); "portable": the
+  // LibTorch-operator implementations on every device (kernels/dispatch.h).
+  std::string kernels = "auto";
   double timeout_seconds = 300;    // a collective or the rendezvous gives up after this
 };
 

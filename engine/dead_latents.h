@@ -8,7 +8,8 @@ namespace saegrid {
 
 class DeadLatentTracker {
  public:
-  explicit DeadLatentTracker(int64_t num_latents);
+  // The counters live on `device`, beside the selections they are updated from.
+  explicit DeadLatentTracker(int64_t num_latents, torch::Device device = torch::kCPU);
   // `indices`/`acts` are the step's [B, K] selection; `tokens` the batch's token count.
   void Update(const torch::Tensor& indices, const torch::Tensor& acts, int64_t tokens);
   // [n] int32, 1 where a latent fired in this selection: what data-parallel replicas combine
@@ -16,6 +17,7 @@ class DeadLatentTracker {
   torch::Tensor FiredMask(const torch::Tensor& indices, const torch::Tensor& acts) const;
   void UpdateFired(const torch::Tensor& fired_mask, int64_t tokens);
   torch::Tensor DeadMask(int64_t threshold) const { return tokens_since_fired_ >= threshold; }
+  // A host read (a synchronisation on an accelerator).
   int64_t CountDead(int64_t threshold) const { return DeadMask(threshold).sum().item<int64_t>(); }
   torch::Tensor& tokens_since_fired() { return tokens_since_fired_; }
 

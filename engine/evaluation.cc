@@ -31,23 +31,26 @@ EvalResult Evaluate(const SaeModel& model, const SaeParameters& weights, const t
   r.num_latents = n;
   r.dead_fraction = dead_fraction;
   r.recovery_cosine = recovery_cosine;
-  auto counts = torch::zeros({n}, torch::kDouble);
+  // Sums stay on the inputs' device; the figures are read once at the end.
+  const auto sums = inputs.options().dtype(torch::kDouble);
+  auto counts = torch::zeros({n}, sums);
+  auto sq_err_sum = torch::zeros({}, sums);
   double sq_err = 0, active = 0;
-  auto sum = torch::zeros({d}, torch::kDouble);
-  auto sum_sq = torch::zeros({}, torch::kDouble);
+  auto sum = torch::zeros({d}, sums);
+  auto sum_sq = torch::zeros({}, sums);
   constexpr int64_t kChunk = 4096;
   for (int64_t begin = 0; begin < r.tokens; begin += kChunk) {
     const auto x = model.NormalizeInputs(inputs.narrow(0, begin, std::min(kChunk, r.tokens - begin)));
     const Selection s = model.Encode(x, weights);
     const auto x_hat = model.Decode(s, weights);
-    sq_err += (x - x_hat).to(torch::kDouble).pow(2).sum().item<double>();
+    sq_err_sum += (x - x_hat).to(torch::kDouble).pow(2).sum();
     const auto xd = x.to(torch::kDouble);
     sum += xd.sum(0);
     sum_sq += xd.pow(2).sum();
-    const auto fired = s.indices.masked_select(s.values > 0);
-    active += static_cast<double>(fired.numel());
-    counts.index_add_(0, fired, torch::ones({fired.numel()}, torch::kDouble));
+    counts.index_add_(0, s.indices.reshape(-1), (s.values > 0).reshape(-1).to(torch::kDouble));
   }
+  sq_err = sq_err_sum.item<double>();
+  active = counts.sum().item<double>();
   if (r.tokens > 0) {
     const double total_variance = (sum_sq - sum.pow(2).sum() / r.tokens).item<double>();
     r.fvu = sq_err / std::max(total_variance, 1e-30);
@@ -55,12 +58,12 @@ EvalResult Evaluate(const SaeModel& model, const SaeParameters& weights, const t
     r.l0 = active / r.tokens;
   }
   const auto density = counts / std::max<int64_t>(r.tokens, 1);
-  r.log10_density = (density + 1e-10).log10().to(torch::kFloat);
+  r.log10_density = (density + 1e-10).log10().to(torch::kFloat).to(torch::kCPU);
   r.never_fired = (counts == 0).sum().item<int64_t>();
   r.never_fired_fraction = static_cast<double>(r.never_fired) / n;
   const int bins = static_cast<int>(std::lround(-r.histogram_low / r.histogram_step));
   r.density_histogram.assign(bins, 0);
-  const auto dens = density.contiguous();
+  const auto dens = density.to(torch::kCPU).contiguous();
   const double* dp = dens.data_ptr<double>();
   for (int64_t i = 0; i < n; ++i) {
     if (dp[i] <= 0) continue;
@@ -74,7 +77,7 @@ EvalResult Evaluate(const SaeModel& model, const SaeParameters& weights, const t
   if (ground_truth.defined()) {
     r.has_ground_truth = true;
     r.num_true_features = ground_truth.size(0);
-    std::tie(r.mmcs, r.recovered_fraction) = FeatureRecovery(weights.w_dec, ground_truth, recovery_cosine);
+    std::tie(r.mmcs, r.recovered_fraction) = FeatureRecovery(weights.w_dec, ground_truth.to(weights.w_dec.device()), recovery_cosine);
   }
   return r;
 }

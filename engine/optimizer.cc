@@ -33,8 +33,16 @@ void Adam::Step(double lr) {
   }
 }
 
-std::vector<double> Adam::FusedStep(double lr, double grad_scale,
-                                    const std::vector<bool>& unit_norm_rows) {
+namespace {
+
+torch::Tensor ZeroNorm(const torch::Tensor& param) {
+  return torch::zeros({}, param.options().dtype(torch::kDouble));
+}
+
+}  // namespace
+
+std::vector<torch::Tensor> Adam::FusedStep(double lr, double grad_scale,
+                                           const std::vector<bool>& unit_norm_rows) {
   torch::NoGradGuard no_grad;
   ++step_;
   kernels::AdamHyperparameters hyper;
@@ -44,8 +52,9 @@ std::vector<double> Adam::FusedStep(double lr, double grad_scale,
   hyper.eps = config_.eps;
   hyper.step = step_;
   hyper.grad_scale = grad_scale;
-  std::vector<double> squared_norms(params_.size(), 0.0);
+  std::vector<torch::Tensor> squared_norms;
   for (size_t i = 0; i < params_.size(); ++i) {
+    squared_norms.push_back(ZeroNorm(params_[i]));
     const auto& grad = params_[i].grad();
     if (!grad.defined()) continue;
     auto param = params_[i].detach();  // shares storage: updated in place
@@ -55,9 +64,10 @@ std::vector<double> Adam::FusedStep(double lr, double grad_scale,
   return squared_norms;
 }
 
-std::vector<double> Adam::FusedGradientSquaredNorms(const std::vector<bool>& unit_norm_rows) const {
-  std::vector<double> squared_norms(params_.size(), 0.0);
+std::vector<torch::Tensor> Adam::FusedGradientSquaredNorms(const std::vector<bool>& unit_norm_rows) const {
+  std::vector<torch::Tensor> squared_norms;
   for (size_t i = 0; i < params_.size(); ++i) {
+    squared_norms.push_back(ZeroNorm(params_[i]));
     const auto& grad = params_[i].grad();
     if (!grad.defined()) continue;
     squared_norms[i] = kernels::FusedGradientSquaredNorm(

@@ -20,10 +20,11 @@ class Adam {
   // The trainer's update: one fused pass per parameter (kernels/fused_adam.h) with the gradient
   // scaled by `grad_scale`; parameters flagged in `unit_norm_rows` (the decoder) also get the
   // gradient projection before and the row renormalisation after. Returns each parameter's
-  // squared gradient norm as used, before the scale (0 for a parameter without a gradient).
-  std::vector<double> FusedStep(double lr, double grad_scale, const std::vector<bool>& unit_norm_rows);
+  // squared gradient norm as used, before the scale (0 for a parameter without a gradient), as
+  // 0-d float64 tensors on the parameters' device: nothing here waits for the device.
+  std::vector<torch::Tensor> FusedStep(double lr, double grad_scale, const std::vector<bool>& unit_norm_rows);
   // The squared norms FusedStep will report, without updating: clipping needs them first.
-  std::vector<double> FusedGradientSquaredNorms(const std::vector<bool>& unit_norm_rows) const;
+  std::vector<torch::Tensor> FusedGradientSquaredNorms(const std::vector<bool>& unit_norm_rows) const;
 
   int64_t step() const { return step_; }
   void set_step(int64_t step) { step_ = step; }

@@ -28,7 +28,7 @@ absl::StatusOr<double> GlobalTotalVariance(const torch::Tensor& a, Communicator*
   torch::NoGradGuard no_grad;
   const auto a64 = a.detach().to(torch::kDouble);
   auto sums = torch::cat({a64.sum(0), a64.pow(2).sum().view({1}),
-                          torch::full({1}, static_cast<double>(a.size(0)), torch::kDouble)});
+                          torch::full({1}, static_cast<double>(a.size(0)), a64.options())});
   if (replicas != nullptr) {
     auto st = replicas->AllReduce(sums, ReduceOp::kSum);
     if (!st.ok()) return st;
@@ -118,13 +118,14 @@ void FinalizeMetrics(ForwardOutput& out, int64_t d_in) {
   out.overflow_rate = s.overflow_tokens / tokens;
 }
 
-SaeModel::SaeModel(const ModelConfig& config, int64_t shard, int64_t shards) : config_(config) {
+SaeModel::SaeModel(const ModelConfig& config, int64_t shard, int64_t shards, torch::Device device)
+    : config_(config) {
   TORCH_CHECK(config_.d_in > 0 && config_.num_latents > 0, "model config is not resolved");
   TORCH_CHECK(shards >= 1 && shard >= 0 && shard < shards && config_.num_latents % shards == 0,
               "num_latents must divide into the shards");
   latent_count_ = config_.num_latents / shards;
   latent_begin_ = shard * latent_count_;
-  const auto opts = torch::TensorOptions().dtype(torch::kFloat);
+  const auto opts = torch::TensorOptions().dtype(torch::kFloat).device(device);
   params_.w_enc = torch::zeros({latent_count_, config_.d_in}, opts);
   params_.b_enc = torch::zeros({latent_count_}, opts);
   params_.w_dec = torch::zeros({latent_count_, config_.d_in}, opts);
@@ -252,14 +253,14 @@ absl::StatusOr<ForwardOutput> SaeModel::Forward(const torch::Tensor& x, const to
   // whose active set has no fixed width) keeps the whole matrix and LibTorch's topk.
   const bool chunked = path == ComputePath::kSparse && topk;
   const int64_t main_width = shards != nullptr ? parallel->k_in : std::min(config_.k, latent_count_);
-  torch::Tensor dead_latents;
   int64_t aux_width = 0;
   if (topk && dead_mask.defined()) {
-    dead_latents = dead_mask.nonzero().squeeze(1).contiguous();
     if (shards != nullptr) {
       aux_width = parallel->dead_total > 0 ? parallel->k_aux_in : 0;
     } else {
-      aux_width = std::min(config_.k_aux, dead_latents.numel());
+      // The trainer counted the dead latents already (its one host read of them per step).
+      const int64_t dead = parallel != nullptr ? parallel->dead_total : dead_mask.sum().item<int64_t>();
+      aux_width = std::min(config_.k_aux, dead);
     }
   }
   std::optional<ScopedPhase> phase;  // the phase now running (reassigned as the pass goes on)
@@ -268,7 +269,7 @@ absl::StatusOr<ForwardOutput> SaeModel::Forward(const torch::Tensor& x, const to
   torch::Tensor pre_values;
   if (chunked) {
     EncoderCandidates candidates =
-        SelectByChunkedEncoder(x_centered, p, main_width, dead_latents, aux_width,
+        SelectByChunkedEncoder(x_centered, p, main_width, dead_mask, aux_width,
                                config_.compute_dtype, config_.encoder_chunk_latents, profile);
     main = std::move(candidates.main);
     aux = std::move(candidates.aux);
@@ -301,8 +302,9 @@ absl::StatusOr<ForwardOutput> SaeModel::Forward(const torch::Tensor& x, const to
       // AuxK over the dead latents, with the same exchange; -inf fills the slots of a shard with
       // fewer dead latents than it may offer (and of one with none, which selected nothing).
       if (!aux) {
-        aux = Selection{torch::zeros({batch, aux_width}, torch::kLong),
-                        torch::full({batch, aux_width}, -std::numeric_limits<float>::infinity())};
+        aux = Selection{torch::zeros({batch, aux_width}, x.options().dtype(torch::kLong)),
+                        torch::full({batch, aux_width}, -std::numeric_limits<float>::infinity(),
+                                    x.options().dtype(torch::kFloat))};
       }
       phase.emplace(profile, &StepProfile::allgather);
       auto gathered_aux = shards->AllGather(aux->values);

@@ -95,7 +95,9 @@ class SaeModel {
  public:
   // `config` must be resolved (d_in, num_latents, k_aux set; see ResolveModelConfig). The model
   // holds shard `shard` of `shards`: latents [shard n/S, (shard+1) n/S) (n divisible by S).
-  explicit SaeModel(const ModelConfig& config, int64_t shard = 0, int64_t shards = 1);
+  // Parameters live on `device`.
+  explicit SaeModel(const ModelConfig& config, int64_t shard = 0, int64_t shards = 1,
+                    torch::Device device = torch::kCPU);
   // A model without parameters of its own, for Encode/Decode with given parameters.
   static SaeModel ForInference(const ModelConfig& config);
 

@@ -23,13 +23,14 @@ GlobalCut CutGlobalTopK(const torch::Tensor& gathered, int64_t shard, int64_t k,
   const auto values = gathered.permute({1, 0, 2}).reshape({batch, shards * k_in});
   const auto order = std::get<1>(values.sort(/*stable=*/true, /*dim=*/1, /*descending=*/true));
   const int64_t take = std::min(k, shards * k_in);
-  auto keep_all = torch::zeros({batch, shards * k_in}, torch::kBool);
+  const auto flags = gathered.options().dtype(torch::kBool);
+  auto keep_all = torch::zeros({batch, shards * k_in}, flags);
   keep_all.scatter_(1, order.narrow(1, 0, take), true);
   keep_all.logical_and_(torch::isfinite(values));
   GlobalCut cut;
   const auto per_shard = keep_all.view({batch, shards, k_in});
   cut.keep = per_shard.select(1, shard).clone();
-  cut.overflow = can_overflow ? per_shard.select(2, k_in - 1).any(1) : torch::zeros({batch}, torch::kBool);
+  cut.overflow = can_overflow ? per_shard.select(2, k_in - 1).any(1) : torch::zeros({batch}, flags);
   return cut;
 }
 

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/checkpoint.h"
+#include "engine/device.h"
 #include "engine/runtime.h"
 #include "engine/sharded_selection.h"
 
@@ -20,13 +21,15 @@ double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
 }
 
-// All-reduces a few doubles in one call.
+// All-reduces a few doubles in one call, on the device the group's collectives take.
 absl::Status AllReduceScalars(Communicator* comm, ReduceOp op, std::vector<double*> values) {
   if (comm->size() == 1) return absl::OkStatus();
-  auto t = torch::empty({static_cast<int64_t>(values.size())}, torch::kDouble);
-  for (size_t i = 0; i < values.size(); ++i) t[i] = *values[i];
+  auto host = torch::empty({static_cast<int64_t>(values.size())}, torch::kDouble);
+  for (size_t i = 0; i < values.size(); ++i) host.data_ptr<double>()[i] = *values[i];
+  auto t = host.to(comm->device());
   SAEGRID_RETURN_IF_ERROR(comm->AllReduce(t, op));
-  for (size_t i = 0; i < values.size(); ++i) *values[i] = t[i].item<double>();
+  host = t.to(torch::kCPU);
+  for (size_t i = 0; i < values.size(); ++i) *values[i] = host.data_ptr<double>()[i];
   return absl::OkStatus();
 }
 
@@ -60,12 +63,16 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
   t->gang_ = gang ? std::move(gang) : SingleProcessGang();
   const ParallelLayout& layout = t->gang_->layout;
   t->threads_ = ConfigureThreads(config.runtime.num_threads);
+  SAEGRID_RETURN_IF_ERROR(ApplyKernelChoice(config.parallelism.kernels));
+  auto device = ResolveTrainingDevice(config.parallelism, layout.world_size());
+  if (!device.ok()) return device.status();
+  t->device_ = *device;
   if (config.data.batch_size % layout.replicas != 0) {
     return absl::InvalidArgumentError(absl::StrCat("data.batch_size (", config.data.batch_size,
                                                    ") must be divisible by parallelism.replicas (",
                                                    layout.replicas, ")"));
   }
-  auto source = OpenActivationSource(config.data, layout.replica(), layout.replicas);
+  auto source = OpenActivationSource(config.data, layout.replica(), layout.replicas, t->device_.is_cuda());
   if (!source.ok()) return source.status();
   t->source_ = *std::move(source);
   const int64_t d = t->source_->d_in();
@@ -84,7 +91,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
                                                    layout.shards, ")"));
   }
   t->config_.model = model;
-  t->model_ = std::make_unique<SaeModel>(model, layout.shard(), layout.shards);
+  t->model_ = std::make_unique<SaeModel>(model, layout.shard(), layout.shards, t->device_);
   const int64_t per_shard = model.num_latents / layout.shards;
   const auto& pc = config.parallelism;
   t->parallel_.shards = t->gang_->shard_group.get();
@@ -97,7 +104,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
   if (config.optimizer.ema_decay > 0) {
     t->ema_ = std::make_unique<WeightEma>(t->model_->params().All(), config.optimizer.ema_decay);
   }
-  t->dead_ = std::make_unique<DeadLatentTracker>(per_shard);
+  t->dead_ = std::make_unique<DeadLatentTracker>(per_shard, t->device_);
 
   std::string latest;
   if (config.checkpoint.resume) {
@@ -115,7 +122,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
     // The same sample on every rank (the global order's first rows): the same b_pre everywhere.
     auto sample = t->source_->Sample(model.geometric_median_samples);
     if (!sample.ok()) return sample.status();
-    t->model_->Initialize(t->model_->NormalizeInputs(*sample), config.training.seed);
+    t->model_->Initialize(t->model_->NormalizeInputs(sample->to(t->device_)), config.training.seed);
   }
   auto st = t->CheckSameStart();
   if (!st.ok()) return st;
@@ -197,7 +204,9 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   parallel_.dead_total = static_cast<int64_t>(dead_total);
 
   for (auto& p : model_->params().All()) p.mutable_grad().reset();
-  auto out = model_->ParallelTrainingForward(model_->NormalizeInputs(batch->x), dead_mask, parallel_);
+  // Pinned on a GPU run, so the copy is asynchronous; a no-op on the CPU.
+  const torch::Tensor x = batch->x.to(device_, /*non_blocking=*/true);
+  auto out = model_->ParallelTrainingForward(model_->NormalizeInputs(x), dead_mask, parallel_);
   if (!out.ok()) return out.status();
 
   // Metrics of the global batch: activations are per shard, everything is per replica.
@@ -248,10 +257,13 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   const std::vector<bool> unit_norm_rows = {false, false, true, false};  // W_dec
   const double clip = config_.optimizer.grad_clip_norm;
   const double lr = ScheduledLearningRate(config_.optimizer, base_lr_, step_, total_steps_);
-  auto global_norm = [&](const std::vector<double>& sq) -> absl::StatusOr<double> {
-    double latent_sq = sq[0] + sq[1] + sq[2];
+  auto global_norm = [&](const std::vector<torch::Tensor>& sq) -> absl::StatusOr<double> {
+    // One host read of the four device scalars.
+    const auto host = torch::stack(sq).to(torch::kCPU);
+    const double* part = host.data_ptr<double>();
+    double latent_sq = part[0] + part[1] + part[2];
     SAEGRID_RETURN_IF_ERROR(AllReduceScalars(shards, ReduceOp::kSum, {&latent_sq}));
-    return std::sqrt(latent_sq + sq[3]);
+    return std::sqrt(latent_sq + part[3]);
   };
   double grad_norm = 0;
   if (clip > 0) {
@@ -340,12 +352,12 @@ absl::StatusOr<EvalResult> Trainer::Evaluate() {
   if (!eval_inputs_) {
     auto split = source_->EvalSplit(config_.data.eval_max_tokens);
     if (!split.ok()) return split.status();
-    eval_inputs_ = split->x;
+    eval_inputs_ = split->x.to(device_);
     if (eval_inputs_->size(0) == 0) {
       // No held-out blocks: evaluate in-sample rather than report figures of zero tokens.
       auto sample = source_->Sample(config_.data.eval_max_tokens);
       if (!sample.ok()) return sample.status();
-      eval_inputs_ = *sample;
+      eval_inputs_ = sample->to(device_);
       eval_split_ = "training_sample";
     }
   }
@@ -482,10 +494,10 @@ absl::StatusOr<std::string> Trainer::WriteCheckpointNow(const EvalResult* evalua
     finished = dir.ok() ? 1 : 0;
   }
   // Nobody goes on (or exits) before the checkpoint is complete.
-  auto done = torch::full({1}, finished, torch::kDouble);
+  auto done = torch::full({1}, finished, torch::TensorOptions().dtype(torch::kDouble).device(world->device()));
   SAEGRID_RETURN_IF_ERROR(world->Broadcast(done, 0));
   if (!dir.ok()) return dir.status();
-  if (done.item<double>() == 0) return absl::InternalError("rank 0 failed to finish the checkpoint");
+  if (done.to(torch::kCPU).item<double>() == 0) return absl::InternalError("rank 0 failed to finish the checkpoint");
   return absl::StrCat(output_dir, "/checkpoints/", absl::StrFormat("step_%09d", step_));
 }
 

@@ -79,6 +79,8 @@ class Trainer {
   const SaeModel& model() const { return *model_; }
   const TrainConfig& config() const { return config_; }
   int threads() const { return threads_; }
+  // Where the model, its optimizer state, the batches and the evaluation live.
+  const torch::Device& device() const { return device_; }
   // The weights evaluation and publication use: the EMA when enabled, else the raw weights;
   // this rank's shard of them.
   SaeParameters PublishedWeights() const;
@@ -100,6 +102,7 @@ class Trainer {
   std::unique_ptr<Gang> gang_;
   ParallelForward parallel_;
   int threads_ = 1;
+  torch::Device device_ = torch::kCPU;
   std::unique_ptr<ActivationSource> source_;
   std::unique_ptr<SaeModel> model_;
   std::unique_ptr<Adam> adam_;

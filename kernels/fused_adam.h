@@ -21,16 +21,17 @@ struct AdamHyperparameters {
 };
 
 // Updates `param`, `exp_avg` and `exp_avg_sq` in place from `grad` (all float32, contiguous, of
-// one shape; CPU). `unit_norm_rows` (2-D only): project each gradient row orthogonally to its
-// weight row first and renormalise the row after. The gradient is not modified. Returns the
-// squared L2 norm of the gradient as used, before grad_scale (the projected one for rows).
-double FusedAdamStep(torch::Tensor& param, const torch::Tensor& grad, torch::Tensor& exp_avg,
+// one shape, on one device). `unit_norm_rows` (2-D only): project each gradient row orthogonally
+// to its weight row first and renormalise the row after. The gradient is not modified. Returns
+// the squared L2 norm of the gradient as used, before grad_scale (the projected one for rows), as
+// a 0-d float64 tensor on the parameter's device, so that a GPU step need not wait for it.
+torch::Tensor FusedAdamStep(torch::Tensor& param, const torch::Tensor& grad, torch::Tensor& exp_avg,
                      torch::Tensor& exp_avg_sq, const AdamHyperparameters& hyper,
                      bool unit_norm_rows);
 
 // The squared L2 norm FusedAdamStep would report, without updating anything: the clipping
 // scale must be known before the update.
-double FusedGradientSquaredNorm(const torch::Tensor& param, const torch::Tensor& grad,
+torch::Tensor FusedGradientSquaredNorm(const torch::Tensor& param, const torch::Tensor& grad,
                                 bool unit_norm_rows);
 
 }  // namespace saegrid::kernels

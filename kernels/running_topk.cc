@@ -7,7 +7,13 @@
 #include <limits>
 #include <numeric>
 
+#include <torch/torch.h>
+
 #include "kernels/cpu/running_topk_cpu.h"
+#include "kernels/portable/running_topk_portable.h"
+#if defined(SAEGRID_WITH_CUDA_KERNELS)
+#include "kernels/cuda/running_topk_cuda.h"
+#endif
 
 namespace saegrid::kernels {
 
@@ -19,35 +25,75 @@ int64_t NonNegative(int64_t value, const char* name) {
   return value;
 }
 
+// The implementation for `device`; a k beyond the CUDA kernel's shared memory goes portable.
+Implementation Choose(const torch::Device& device, int64_t k) {
+  Implementation implementation = ImplementationFor(device);
+#if defined(SAEGRID_WITH_CUDA_KERNELS)
+  if (implementation == Implementation::kCuda && k > cuda::kMaxRunningTopK) implementation = Implementation::kPortable;
+#endif
+  return implementation;
+}
+
 }  // namespace
 
-RunningTopK::RunningTopK(int64_t rows, int64_t k)
+RunningTopK::RunningTopK(int64_t rows, int64_t k, torch::Device device)
     : rows_(NonNegative(rows, "rows")),
       k_(NonNegative(k, "k")),
-      values_(rows_ * k_),
-      ids_(rows_ * k_),
-      filled_(rows_, 0) {}
+      device_(device),
+      implementation_(Choose(device, k)) {
+  if (implementation_ == Implementation::kCpu) {
+    values_.resize(rows_ * k_);
+    ids_.resize(rows_ * k_);
+    filled_.assign(rows_, 0);
+  } else {
+    const auto options = torch::TensorOptions().device(device_);
+    device_values_ = torch::full({rows_, k_}, -std::numeric_limits<float>::infinity(), options.dtype(torch::kFloat));
+    device_ids_ = torch::zeros({rows_, k_}, options.dtype(torch::kLong));
+  }
+}
 
 void RunningTopK::Offer(const torch::Tensor& chunk, int64_t first_latent, const torch::Tensor& columns) {
   TORCH_CHECK(chunk.dim() == 2 && chunk.size(0) == rows_, "RunningTopK: chunk must be [", rows_,
               ", C], got ", chunk.sizes());
-  TORCH_CHECK(chunk.device().is_cpu(), "RunningTopK: no implementation for device ", chunk.device(),
-              " in this build");
+  TORCH_CHECK(chunk.device() == device_, "RunningTopK: a chunk on ", chunk.device(),
+              " offered to a top-k on ", device_);
   torch::Tensor cols;
   if (columns.defined()) {
     TORCH_CHECK(columns.dim() == 1 && columns.scalar_type() == torch::kLong,
                 "RunningTopK: columns must be a 1-D int64 tensor");
+    TORCH_CHECK(columns.device() == device_, "RunningTopK: columns on ", columns.device(),
+                " for a top-k on ", device_);
     cols = columns.contiguous();
     if (cols.numel() == 0) return;
-    const int64_t lo = cols.min().item<int64_t>(), hi = cols.max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < chunk.size(1), "RunningTopK: column [", lo, ", ", hi,
-                "] outside a chunk of ", chunk.size(1));
+    // The range check reads the columns: free on the CPU, a host synchronisation elsewhere,
+    // where the engine's columns (dead latents of the chunk) are in range by construction.
+    if (device_.is_cpu()) {
+      const int64_t lo = cols.min().item<int64_t>(), hi = cols.max().item<int64_t>();
+      TORCH_CHECK(lo >= 0 && hi < chunk.size(1), "RunningTopK: column [", lo, ", ", hi,
+                  "] outside a chunk of ", chunk.size(1));
+    }
   }
-  cpu::OfferChunk(chunk.contiguous(), first_latent, cols,
-                  cpu::RowHeaps{values_.data(), ids_.data(), filled_.data(), k_});
+  switch (implementation_) {
+    case Implementation::kCpu:
+      cpu::OfferChunk(chunk.contiguous(), first_latent, cols,
+                      cpu::RowHeaps{values_.data(), ids_.data(), filled_.data(), k_});
+      return;
+#if defined(SAEGRID_WITH_CUDA_KERNELS)
+    case Implementation::kCuda:
+      if (chunk.scalar_type() == torch::kFloat || chunk.scalar_type() == torch::kBFloat16) {
+        cuda::OfferChunk(chunk.contiguous(), first_latent, cols, device_values_, device_ids_);
+        return;
+      }
+      break;  // float64 chunks: the portable merge
+#endif
+    default:
+      break;
+  }
+  portable::OfferChunk(chunk.contiguous(), first_latent, cols, device_values_, device_ids_);
 }
 
 std::pair<torch::Tensor, torch::Tensor> RunningTopK::Finish() const {
+  if (implementation_ != Implementation::kCpu) return {device_values_.clone(), device_ids_.clone()};
   auto values = torch::empty({rows_, k_}, torch::kFloat);
   auto ids = torch::empty({rows_, k_}, torch::kLong);
   float* out_v = values.data_ptr<float>();

@@ -3,6 +3,11 @@
 #include <c10/util/Exception.h>
 
 #include "kernels/cpu/sparse_ops_cpu.h"
+#include "kernels/dispatch.h"
+#include "kernels/portable/sparse_ops_portable.h"
+#if defined(SAEGRID_WITH_CUDA_KERNELS)
+#include "kernels/cuda/sparse_ops_cuda.h"
+#endif
 
 namespace saegrid::kernels {
 namespace {
@@ -18,10 +23,30 @@ void CheckRows(const torch::Tensor& rows) {
   TORCH_CHECK(rows.dim() == 2, "row matrix must be [num_rows, d], got ", rows.sizes());
 }
 
-void CheckCpu(const torch::Tensor& t) {
-  // The CUDA implementations arrive with kernels/cuda/; until then say so instead of crashing.
-  TORCH_CHECK(t.device().is_cpu(), "saegrid kernels: no implementation for device ", t.device(),
-              " in this build");
+void CheckSameDevice(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& c) {
+  TORCH_CHECK(a.device() == b.device() && b.device() == c.device(),
+              "saegrid kernels: operands on different devices (", a.device(), ", ", b.device(), ", ",
+              c.device(), ")");
+}
+
+// Out-of-range ids are an error on the CPU (each implementation checks there for free). On an
+// accelerator the check would cost a host synchronisation per call, so the device paths trust
+// their callers: every id the engine passes comes from a top-k over the same rows.
+void CheckIndexRange(const torch::Tensor& indices, int64_t num_rows) {
+  if (!indices.device().is_cpu() || indices.numel() == 0) return;
+  const int64_t lo = indices.min().item<int64_t>();
+  const int64_t hi = indices.max().item<int64_t>();
+  TORCH_CHECK(lo >= 0 && hi < num_rows, "sparse index out of range: [", lo, ", ", hi, "] for ",
+              num_rows, " rows");
+}
+
+// The implementation for these operands: kernels/cuda/ takes float32 and bfloat16, so float64
+// on a CUDA device goes to the portable path.
+Implementation Route(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& c) {
+  const Implementation chosen = ImplementationFor(a.device());
+  const bool any_double = a.scalar_type() == torch::kDouble || b.scalar_type() == torch::kDouble ||
+                          c.scalar_type() == torch::kDouble;
+  return chosen == Implementation::kCuda && any_double ? Implementation::kPortable : chosen;
 }
 
 }  // namespace
@@ -30,8 +55,18 @@ torch::Tensor DenseSparseMatmul(const torch::Tensor& values, const torch::Tensor
                                 const torch::Tensor& rows) {
   CheckSparsePair(values, indices);
   CheckRows(rows);
-  CheckCpu(rows);
-  return cpu::DenseSparseMatmul(values.contiguous(), indices.contiguous(), rows.contiguous());
+  CheckSameDevice(values, indices, rows);
+  CheckIndexRange(indices, rows.size(0));
+  switch (Route(rows, values, values)) {
+    case Implementation::kCpu:
+      return cpu::DenseSparseMatmul(values.contiguous(), indices.contiguous(), rows.contiguous());
+#if defined(SAEGRID_WITH_CUDA_KERNELS)
+    case Implementation::kCuda:
+      return cuda::DenseSparseMatmul(values.contiguous(), indices.contiguous(), rows.contiguous());
+#endif
+    default:
+      return portable::DenseSparseMatmul(values.contiguous(), indices.contiguous(), rows.contiguous());
+  }
 }
 
 torch::Tensor MatmulAtSparseIndices(const torch::Tensor& dense, const torch::Tensor& rows,
@@ -42,8 +77,18 @@ torch::Tensor MatmulAtSparseIndices(const torch::Tensor& dense, const torch::Ten
   TORCH_CHECK(indices.dim() == 2 && indices.size(0) == dense.size(0),
               "indices must be [B, K] with B = ", dense.size(0));
   TORCH_CHECK(indices.scalar_type() == torch::kLong, "sparse indices must be int64");
-  CheckCpu(rows);
-  return cpu::MatmulAtSparseIndices(dense.contiguous(), rows.contiguous(), indices.contiguous());
+  CheckSameDevice(dense, rows, indices);
+  CheckIndexRange(indices, rows.size(0));
+  switch (Route(rows, dense, dense)) {
+    case Implementation::kCpu:
+      return cpu::MatmulAtSparseIndices(dense.contiguous(), rows.contiguous(), indices.contiguous());
+#if defined(SAEGRID_WITH_CUDA_KERNELS)
+    case Implementation::kCuda:
+      return cuda::MatmulAtSparseIndices(dense.contiguous(), rows.contiguous(), indices.contiguous());
+#endif
+    default:
+      return portable::MatmulAtSparseIndices(dense.contiguous(), rows.contiguous(), indices.contiguous());
+  }
 }
 
 void ScatterAddOuterByLatent(const torch::Tensor& values, const torch::Tensor& indices,
@@ -54,15 +99,37 @@ void ScatterAddOuterByLatent(const torch::Tensor& values, const torch::Tensor& i
   TORCH_CHECK(dense.dim() == 2 && dense.size(0) == values.size(0) && dense.size(1) == out.size(1),
               "dense ", dense.sizes(), " does not match values ", values.sizes(), " and target ",
               out.sizes());
-  CheckCpu(out);
-  cpu::ScatterAddOuterByLatent(values.contiguous(), indices.contiguous(), dense.contiguous(), out);
+  CheckSameDevice(values, indices, out);
+  CheckSameDevice(values, dense, out);
+  CheckIndexRange(indices, out.size(0));
+  switch (Route(out, values, dense)) {
+    case Implementation::kCpu:
+      return cpu::ScatterAddOuterByLatent(values.contiguous(), indices.contiguous(), dense.contiguous(), out);
+#if defined(SAEGRID_WITH_CUDA_KERNELS)
+    case Implementation::kCuda:
+      return cuda::ScatterAddOuterByLatent(values.contiguous(), indices.contiguous(), dense.contiguous(), out);
+#endif
+    default:
+      return portable::ScatterAddOuterByLatent(values.contiguous(), indices.contiguous(), dense.contiguous(), out);
+  }
 }
 
 torch::Tensor SumByLatent(const torch::Tensor& values, const torch::Tensor& indices,
                           int64_t num_rows) {
   CheckSparsePair(values, indices);
-  CheckCpu(values);
-  return cpu::SumByLatent(values.contiguous(), indices.contiguous(), num_rows);
+  TORCH_CHECK(num_rows >= 0, "SumByLatent needs num_rows >= 0, got ", num_rows);
+  CheckSameDevice(values, indices, indices);
+  CheckIndexRange(indices, num_rows);
+  switch (Route(values, values, values)) {
+    case Implementation::kCpu:
+      return cpu::SumByLatent(values.contiguous(), indices.contiguous(), num_rows);
+#if defined(SAEGRID_WITH_CUDA_KERNELS)
+    case Implementation::kCuda:
+      return cuda::SumByLatent(values.contiguous(), indices.contiguous(), num_rows);
+#endif
+    default:
+      return portable::SumByLatent(values.contiguous(), indices.contiguous(), num_rows);
+  }
 }
 
 }  // namespace saegrid::kernels

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "base/device_name.h"
 #include "base/status_macros.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -185,17 +186,22 @@ absl::StatusOr<TrainConfig> ToTrainConfig(const v1::JobSpec& spec) {
   if (!p.backend().empty() && p.backend() != "gloo" && p.backend() != "nccl") {
     return Bad("parallelism.backend", "must be \"gloo\" or \"nccl\", got \"" + p.backend() + "\"");
   }
-  if (!p.device().empty() && p.device() != "cpu" && p.device() != "cuda") {
-    return Bad("parallelism.device", "must be \"cpu\" or \"cuda\", got \"" + p.device() + "\"");
+  if (!p.device().empty() && !ParseDeviceName(p.device())) {
+    return Bad("parallelism.device", "must be \"cpu\", \"cuda\" or \"cuda:N\", got \"" + p.device() + "\"");
   }
   if (!p.backend().empty()) c.parallelism.backend = p.backend();
   if (!p.device().empty()) c.parallelism.device = p.device();
-  if (c.parallelism.device == "cuda") {
-    return Bad("parallelism.device", "cuda training needs the CUDA kernels, which this build does not have yet");
-  }
-  if (c.parallelism.backend == "nccl") {
+  const bool on_cuda = c.parallelism.device != "cpu";
+  if (c.parallelism.backend == "nccl" && !on_cuda) {
     return Bad("parallelism.backend", "nccl moves CUDA tensors; use gloo with device cpu");
   }
+  if (on_cuda && c.parallelism.backend != "nccl" && c.parallelism.shards * c.parallelism.replicas > 1) {
+    return Bad("parallelism.backend", "a gang of cuda ranks needs nccl (gloo here moves CPU tensors only)");
+  }
+  if (!p.kernels().empty() && p.kernels() != "auto" && p.kernels() != "portable") {
+    return Bad("parallelism.kernels", "must be \"auto\" or \"portable\", got \"" + p.kernels() + "\"");
+  }
+  if (!p.kernels().empty()) c.parallelism.kernels = p.kernels();
   if (p.has_timeout_seconds()) {
     SAEGRID_RETURN_IF_ERROR(InRange("parallelism.timeout_seconds", p.timeout_seconds(), 1.0, 86400.0));
     c.parallelism.timeout_seconds = p.timeout_seconds();

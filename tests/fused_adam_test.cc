@@ -13,6 +13,8 @@
 namespace saegrid {
 namespace {
 
+using FusedAdam = testing::KernelPathTest;
+
 using testing::RelativeError;
 
 constexpr double kTolerance = 1e-6;
@@ -61,10 +63,10 @@ void ExpectMatchesReference(const std::vector<int64_t>& shape, bool unit_norm_ro
     const auto expected_sq = unit_norm_rows
                                  ? Project(fused.param.to(torch::kDouble), grad.to(torch::kDouble)).pow(2).sum().item<double>()
                                  : grad.to(torch::kDouble).pow(2).sum().item<double>();
-    EXPECT_NEAR(kernels::FusedGradientSquaredNorm(fused.param, grad, unit_norm_rows), expected_sq,
+    EXPECT_NEAR(kernels::FusedGradientSquaredNorm(fused.param, grad, unit_norm_rows).item<double>(), expected_sq,
                 1e-5 * expected_sq);
     const double used_sq =
-        kernels::FusedAdamStep(fused.param, grad, fused.exp_avg, fused.exp_avg_sq, h, unit_norm_rows);
+        kernels::FusedAdamStep(fused.param, grad, fused.exp_avg, fused.exp_avg_sq, h, unit_norm_rows).item<double>();
     EXPECT_NEAR(used_sq, expected_sq, 1e-5 * expected_sq);
     ReferenceStep(reference, grad, h, unit_norm_rows);
     SCOPED_TRACE("step " + std::to_string(step));
@@ -77,18 +79,18 @@ void ExpectMatchesReference(const std::vector<int64_t>& shape, bool unit_norm_ro
   }
 }
 
-TEST(FusedAdam, DecoderRowsProjectUpdateAndRenormalise) { ExpectMatchesReference({300, 48}, true, 1.0); }
+TEST_P(FusedAdam, DecoderRowsProjectUpdateAndRenormalise) { ExpectMatchesReference({300, 48}, true, 1.0); }
 
-TEST(FusedAdam, ClippingScaleMultipliesTheProjectedGradient) {
+TEST_P(FusedAdam, ClippingScaleMultipliesTheProjectedGradient) {
   ExpectMatchesReference({300, 48}, true, 0.37);
 }
 
-TEST(FusedAdam, PlainMatricesAndVectorsWithATail) {
+TEST_P(FusedAdam, PlainMatricesAndVectorsWithATail) {
   ExpectMatchesReference({300, 48}, false, 1.0);
   ExpectMatchesReference({10000}, false, 0.5);  // 4096-element rows plus a 1808-element tail
 }
 
-TEST(FusedAdam, TrainerStepEqualsTheUnfusedReferenceOps) {
+TEST_P(FusedAdam, TrainerStepEqualsTheUnfusedReferenceOps) {
   // Adam::FusedStep against Adam::Step with the SAE's separate projection and renormalisation,
   // the code path the trainer used before the fused pass.
   torch::manual_seed(12);
@@ -125,7 +127,7 @@ TEST(FusedAdam, TrainerStepEqualsTheUnfusedReferenceOps) {
   }
 }
 
-TEST(FusedAdam, RejectsMismatchedOperands) {
+TEST_P(FusedAdam, RejectsMismatchedOperands) {
   auto p = torch::zeros({4, 3});
   auto m = torch::zeros({4, 3});
   auto v = torch::zeros({4, 3});
@@ -139,6 +141,8 @@ TEST(FusedAdam, RejectsMismatchedOperands) {
   h.step = 0;
   EXPECT_THROW(kernels::FusedAdamStep(p, torch::zeros({4, 3}), m, v, h, false), c10::Error);
 }
+
+SAEGRID_INSTANTIATE_ON_KERNEL_PATHS(FusedAdam);
 
 }  // namespace
 }  // namespace saegrid

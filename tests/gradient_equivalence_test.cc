@@ -1,6 +1,8 @@
 // The sparse training step (kernels + custom autograd) against dense autograd on the same
 // parameters, data and selection. Tolerance: norm-wise relative error <= 1e-5 in fp32 for the
-// loss and for every parameter gradient (the bar).
+// loss and for every parameter gradient (the bar). Every case runs twice: on the CPU
+// kernels and on the portable LibTorch-operator kernels (the GPU path's reference), forced on
+// the CPU.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -13,6 +15,8 @@ namespace {
 using testing::RelativeError;
 
 constexpr double kTolerance = 1e-5;
+
+using GradientEquivalence = testing::KernelPathTest;
 
 ModelConfig Config(Architecture arch, bool layer_norm = false) {
   ModelConfig c;
@@ -68,29 +72,29 @@ void ExpectEquivalent(const ModelConfig& config, const torch::Tensor& dead) {
   EXPECT_TRUE(torch::equal(sparse.out.indices, dense.out.indices));
 }
 
-TEST(GradientEquivalence, TopK) {
+TEST_P(GradientEquivalence, TopK) {
   ExpectEquivalent(Config(Architecture::kTopK), torch::Tensor());
 }
 
-TEST(GradientEquivalence, TopKWithLayerNorm) {
+TEST_P(GradientEquivalence, TopKWithLayerNorm) {
   ExpectEquivalent(Config(Architecture::kTopK, /*layer_norm=*/true), torch::Tensor());
 }
 
-TEST(GradientEquivalence, TopKWithAuxK) {
+TEST_P(GradientEquivalence, TopKWithAuxK) {
   const auto config = Config(Architecture::kTopK);
   torch::manual_seed(9);
   const auto dead = torch::rand({config.num_latents}) < 0.4;
   ExpectEquivalent(config, dead);
 }
 
-TEST(GradientEquivalence, AuxKWithFewerDeadThanKAux) {
+TEST_P(GradientEquivalence, AuxKWithFewerDeadThanKAux) {
   const auto config = Config(Architecture::kTopK);
   auto dead = torch::zeros({config.num_latents}, torch::kBool);
   dead.narrow(0, 10, 5).fill_(true);  // 5 dead < k_aux = 32
   ExpectEquivalent(config, dead);
 }
 
-TEST(GradientEquivalence, AuxKTermChangesTheGradient) {
+TEST_P(GradientEquivalence, AuxKTermChangesTheGradient) {
   // Guards against an AuxK path that silently does nothing.
   const auto config = Config(Architecture::kTopK);
   torch::manual_seed(5);
@@ -103,7 +107,7 @@ TEST(GradientEquivalence, AuxKTermChangesTheGradient) {
   EXPECT_GT(RelativeError(with.grads[0], without.grads[0]), 1e-3);
 }
 
-TEST(GradientEquivalence, ChunkedEncoderWithAuxKMatchesTheWholeMatrix) {
+TEST_P(GradientEquivalence, ChunkedEncoderWithAuxKMatchesTheWholeMatrix) {
   // Chunks of 40 and of 1 latent (n = 192: the last chunk is partial): the running top-k over
   // chunks must select exactly what torch::topk selects on the dense B x n reference.
   for (int64_t chunk : {40, 1}) {
@@ -116,7 +120,7 @@ TEST(GradientEquivalence, ChunkedEncoderWithAuxKMatchesTheWholeMatrix) {
   }
 }
 
-TEST(GradientEquivalence, BFloat16EncoderRanksAndFloat32ValuesAreExact) {
+TEST_P(GradientEquivalence, BFloat16EncoderRanksAndFloat32ValuesAreExact) {
   // bf16 only ranks the latents: the selected pre-activations must be the exact float32 ones,
   // and the selection may differ from the float32 top-k only within bf16 rounding.
   auto config = Config(Architecture::kTopK);
@@ -143,11 +147,11 @@ TEST(GradientEquivalence, BFloat16EncoderRanksAndFloat32ValuesAreExact) {
   for (const auto& grad : g.grads) EXPECT_GT(grad.norm().item<double>(), 0);
 }
 
-TEST(GradientEquivalence, ReLU) {
+TEST_P(GradientEquivalence, ReLU) {
   ExpectEquivalent(Config(Architecture::kReLU), torch::Tensor());
 }
 
-TEST(GradientEquivalence, DecoderGradientProjectionRemovesParallelComponent) {
+TEST_P(GradientEquivalence, DecoderGradientProjectionRemovesParallelComponent) {
   const auto config = Config(Architecture::kTopK);
   torch::manual_seed(5);
   const auto x = torch::randn({32, config.d_in});
@@ -164,6 +168,8 @@ TEST(GradientEquivalence, DecoderGradientProjectionRemovesParallelComponent) {
   const auto norms = model.params().w_dec.norm(2, 1);
   EXPECT_LT((norms - 1).abs().max().item<double>(), 1e-6);
 }
+
+SAEGRID_INSTANTIATE_ON_KERNEL_PATHS(GradientEquivalence);
 
 }  // namespace
 }  // namespace saegrid

@@ -8,6 +8,8 @@
 namespace saegrid {
 namespace {
 
+using SparseKernels = testing::KernelPathTest;
+
 using testing::RelativeError;
 
 struct SparseCase {
@@ -25,7 +27,7 @@ SparseCase MakeCase(int64_t batch, int64_t k, int64_t n, int64_t d, torch::Scala
   return c;
 }
 
-TEST(SparseKernels, DenseSparseMatmulMatchesDenseProduct) {
+TEST_P(SparseKernels, DenseSparseMatmulMatchesDenseProduct) {
   for (auto dtype : {torch::kFloat, torch::kDouble}) {
     auto c = MakeCase(64, 8, 300, 40, dtype);
     auto expected = c.dense_z.mm(c.rows);
@@ -34,7 +36,7 @@ TEST(SparseKernels, DenseSparseMatmulMatchesDenseProduct) {
   }
 }
 
-TEST(SparseKernels, MatmulAtSparseIndicesMatchesGatheredProduct) {
+TEST_P(SparseKernels, MatmulAtSparseIndicesMatchesGatheredProduct) {
   auto c = MakeCase(64, 8, 300, 40, torch::kFloat);
   auto dense = torch::randn({64, 40});
   auto expected = dense.mm(c.rows.t()).gather(1, c.indices);
@@ -42,7 +44,7 @@ TEST(SparseKernels, MatmulAtSparseIndicesMatchesGatheredProduct) {
             1e-6);
 }
 
-TEST(SparseKernels, ScatterAddOuterByLatentMatchesTransposedProduct) {
+TEST_P(SparseKernels, ScatterAddOuterByLatentMatchesTransposedProduct) {
   auto c = MakeCase(64, 8, 300, 40, torch::kFloat);
   auto dense = torch::randn({64, 40});
   auto out = torch::ones({300, 40});  // accumulates into existing contents
@@ -51,7 +53,7 @@ TEST(SparseKernels, ScatterAddOuterByLatentMatchesTransposedProduct) {
   EXPECT_LT(RelativeError(out, expected), 1e-6);
 }
 
-TEST(SparseKernels, RepeatedIndicesAccumulate) {
+TEST_P(SparseKernels, RepeatedIndicesAccumulate) {
   // Padding (ReLU SAE) may repeat an index within a row; every entry must count.
   auto values = torch::tensor({{1.0f, 2.0f, 0.5f}});
   auto indices = torch::tensor({{3L, 3L, 1L}});
@@ -64,7 +66,7 @@ TEST(SparseKernels, RepeatedIndicesAccumulate) {
   EXPECT_FLOAT_EQ(sums[0].item<float>(), 0.0f);
 }
 
-TEST(SparseKernels, Bf16RowsAccumulateInFloat) {
+TEST_P(SparseKernels, Bf16RowsAccumulateInFloat) {
   auto c = MakeCase(32, 8, 200, 64, torch::kFloat);
   auto rows_bf16 = c.rows.to(torch::kBFloat16);
   auto expected = c.dense_z.mm(rows_bf16.to(torch::kFloat));
@@ -73,7 +75,7 @@ TEST(SparseKernels, Bf16RowsAccumulateInFloat) {
   EXPECT_LT(RelativeError(out, expected), 1e-2);  // bf16 output rounding, 8 mantissa bits
 }
 
-TEST(SparseKernels, RejectsOutOfRangeIndicesAndBadShapes) {
+TEST_P(SparseKernels, RejectsOutOfRangeIndicesAndBadShapes) {
   auto values = torch::ones({2, 2});
   auto rows = torch::ones({4, 3});
   EXPECT_THROW(kernels::DenseSparseMatmul(values, torch::tensor({{0L, 4L}, {1L, 2L}}), rows),
@@ -86,6 +88,8 @@ TEST(SparseKernels, RejectsOutOfRangeIndicesAndBadShapes) {
                                               torch::zeros({2, 2}, torch::kLong)),
                c10::Error);
 }
+
+SAEGRID_INSTANTIATE_ON_KERNEL_PATHS(SparseKernels);
 
 }  // namespace
 }  // namespace saegrid

@@ -5,9 +5,12 @@
 #include <limits>
 
 #include "kernels/running_topk.h"
+#include "tests/test_support.h"
 
 namespace saegrid {
 namespace {
+
+using RunningTopK = testing::KernelPathTest;
 
 // Offers `matrix` [B, n] in chunks of `chunk` columns, each made contiguous as the encoder's are.
 std::pair<torch::Tensor, torch::Tensor> ChunkedTopK(const torch::Tensor& matrix, int64_t k,
@@ -19,7 +22,7 @@ std::pair<torch::Tensor, torch::Tensor> ChunkedTopK(const torch::Tensor& matrix,
   return running.Finish();
 }
 
-TEST(RunningTopK, MatchesTorchTopKForEveryChunking) {
+TEST_P(RunningTopK, MatchesTorchTopKForEveryChunking) {
   torch::manual_seed(1);
   // Distinct values (a permutation per row) so that the ids are unambiguous.
   const auto matrix = torch::rand({37, 1000}).argsort(/*dim=*/1, /*descending=*/false).to(torch::kFloat) / 7.0 - 50;
@@ -34,7 +37,7 @@ TEST(RunningTopK, MatchesTorchTopKForEveryChunking) {
   }
 }
 
-TEST(RunningTopK, GaussianPreActivationsGiveTheSameValues) {
+TEST_P(RunningTopK, GaussianPreActivationsGiveTheSameValues) {
   // Wide rows like the encoder's: the skip tests must never drop a winner.
   torch::manual_seed(2);
   const auto matrix = torch::randn({64, 20000});
@@ -45,7 +48,7 @@ TEST(RunningTopK, GaussianPreActivationsGiveTheSameValues) {
   EXPECT_TRUE(torch::equal(matrix.gather(1, ids), values));
 }
 
-TEST(RunningTopK, BFloat16AndDoubleChunksAreWidened) {
+TEST_P(RunningTopK, BFloat16AndDoubleChunksAreWidened) {
   torch::manual_seed(3);
   const auto matrix = torch::randn({16, 700});
   for (auto dtype : {torch::kBFloat16, torch::kDouble}) {
@@ -57,7 +60,7 @@ TEST(RunningTopK, BFloat16AndDoubleChunksAreWidened) {
   }
 }
 
-TEST(RunningTopK, TiesGoToTheLowerLatentId) {
+TEST_P(RunningTopK, TiesGoToTheLowerLatentId) {
   auto row = torch::zeros({1, 300});
   row[0][250] = 5;
   row[0][40] = 3;
@@ -68,7 +71,7 @@ TEST(RunningTopK, TiesGoToTheLowerLatentId) {
   EXPECT_TRUE(torch::equal(ids, torch::tensor({{250L, 40L, 120L}})));
 }
 
-TEST(RunningTopK, ColumnSubsetsOfferOnlyThoseLatents) {
+TEST_P(RunningTopK, ColumnSubsetsOfferOnlyThoseLatents) {
   torch::manual_seed(4);
   const auto matrix = torch::randn({12, 512});
   const auto dead = std::get<0>(torch::randperm(512, torch::kLong).narrow(0, 0, 90).sort());
@@ -83,7 +86,7 @@ TEST(RunningTopK, ColumnSubsetsOfferOnlyThoseLatents) {
   EXPECT_TRUE(torch::equal(ids, dead.index_select(0, std::get<1>(expected).flatten()).view({12, 10})));
 }
 
-TEST(RunningTopK, RowsOfferedFewerThanKArePaddedAndNaNIsNeverSelected) {
+TEST_P(RunningTopK, RowsOfferedFewerThanKArePaddedAndNaNIsNeverSelected) {
   auto matrix = torch::tensor({{1.0f, std::numeric_limits<float>::quiet_NaN(), 2.0f}});
   const auto [values, ids] = ChunkedTopK(matrix, 4, 2);
   const float inf = std::numeric_limits<float>::infinity();
@@ -91,7 +94,7 @@ TEST(RunningTopK, RowsOfferedFewerThanKArePaddedAndNaNIsNeverSelected) {
   EXPECT_TRUE(torch::equal(ids, torch::tensor({{2L, 0L, 0L, 0L}})));
 }
 
-TEST(RunningTopK, RejectsBadChunksAndColumns) {
+TEST_P(RunningTopK, RejectsBadChunksAndColumns) {
   kernels::RunningTopK running(4, 2);
   EXPECT_THROW(running.Offer(torch::zeros({3, 8}), 0), c10::Error);   // wrong row count
   EXPECT_THROW(running.Offer(torch::zeros({4}), 0), c10::Error);      // not 2-D
@@ -100,6 +103,8 @@ TEST(RunningTopK, RejectsBadChunksAndColumns) {
   EXPECT_THROW(running.Offer(torch::zeros({4, 8}), 0, torch::tensor({1.0f})), c10::Error);
   EXPECT_THROW(kernels::RunningTopK(-1, 2), c10::Error);
 }
+
+SAEGRID_INSTANTIATE_ON_KERNEL_PATHS(RunningTopK);
 
 }  // namespace
 }  // namespace saegrid

@@ -87,6 +87,30 @@ TEST(JobSpec, BadValuesAreNamedWithTheRule) {
               HasSubstr("model.encoder_chunk_latents: must be in"));
 }
 
+// The spec checks the spelling of a device (it is torch-free); whether the device exists is the
+// trainer's check, on the machine that runs it (trainer_test).
+TEST(JobSpec, DevicesBackendsAndKernelsAreChecked) {
+  const std::string base = kValid;
+  EXPECT_EQ(SpecError(base + "parallelism: {device: cuda}\n"), "OK");
+  EXPECT_EQ(SpecError(base + "parallelism: {device: \"cuda:1\", kernels: portable}\n"), "OK");
+  EXPECT_EQ(SpecError(base + "parallelism: {device: cuda, backend: nccl, shards: 2}\n"), "OK");
+  EXPECT_THAT(SpecError(base + "parallelism: {device: \"cuda:x\"}\n"),
+              HasSubstr("parallelism.device: must be \"cpu\", \"cuda\" or \"cuda:N\", got \"cuda:x\""));
+  EXPECT_THAT(SpecError(base + "parallelism: {device: CUDA}\n"), HasSubstr("parallelism.device"));
+  EXPECT_THAT(SpecError(base + "parallelism: {device: cuda, shards: 2}\n"),
+              HasSubstr("parallelism.backend: a gang of cuda ranks needs nccl"));
+  EXPECT_THAT(SpecError(base + "parallelism: {backend: nccl}\n"),
+              HasSubstr("parallelism.backend: nccl moves CUDA tensors"));
+  EXPECT_THAT(SpecError(base + "parallelism: {kernels: fast}\n"),
+              HasSubstr("parallelism.kernels: must be \"auto\" or \"portable\", got \"fast\""));
+  auto spec = ParseJobSpec(base + "parallelism: {device: \"cuda:0\", kernels: portable}\n", "job.yaml");
+  ASSERT_TRUE(spec.ok());
+  auto c = ToTrainConfig(*spec);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->parallelism.device, "cuda:0");
+  EXPECT_EQ(c->parallelism.kernels, "portable");
+}
+
 // A "billion laughs" document: ten levels of nine aliases each, 9^10 (3.5 billion) nodes expanded.
 std::string AliasBomb() {
   std::string s = "l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n";

@@ -12,4 +12,11 @@ double RelativeError(const torch::Tensor& actual, const torch::Tensor& expected)
   return (a - e).norm().item<double>() / std::max(e.norm().item<double>(), 1e-30);
 }
 
+void KernelPathTest::SetUp() {
+  forced_.emplace(GetParam() == "portable");
+  ASSERT_STREQ(kernels::ImplementationName(kernels::ImplementationFor(torch::kCPU)), GetParam().c_str());
+}
+
+void KernelPathTest::TearDown() { forced_.reset(); }
+
 }  // namespace saegrid::testing

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <torch/cuda.h>
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -14,6 +15,7 @@
 #include "engine/optimizer.h"
 #include "engine/safetensors.h"
 #include "engine/trainer.h"
+#include "kernels/dispatch.h"
 #include "nlohmann/json.hpp"
 #include "tests/test_support.h"
 
@@ -92,6 +94,67 @@ TEST(Trainer, ResumeGivesBitwiseIdenticalWeights) {
   }
   const auto ea = straight->PublishedWeights().All(), eb = second->PublishedWeights().All();
   for (size_t i = 0; i < ea.size(); ++i) EXPECT_TRUE(torch::equal(ea[i], eb[i]));
+}
+
+// A checkpoint written on one kernel path resumes on the other (the CPU stand-in for "trained
+// on a GPU, resumed on a CPU and back": the portable path is what a device without its own
+// kernels runs). The paths differ in float32 rounding only, so the resumed run ends within a
+// small distance of the run that never switched.
+TEST(Trainer, CheckpointsResumeAcrossKernelPaths) {
+  TempDir dir;
+  auto config = [&](const std::string& out, const std::string& kernels) {
+    TrainConfig c = SmallConfig(out);
+    c.model.dead_tokens_threshold = 512;  // AuxK takes part
+    c.parallelism.kernels = kernels;
+    return c;
+  };
+  for (const auto& [first_path, second_path] : {std::pair<std::string, std::string>{"auto", "portable"},
+                                                std::pair<std::string, std::string>{"portable", "auto"}}) {
+    SCOPED_TRACE(first_path + " then " + second_path);
+    const std::string name = first_path + "_" + second_path;
+    auto straight = Make(config(dir / (name + "_straight"), first_path));
+    ASSERT_TRUE(straight->Train().ok());
+    {
+      auto first = Make(config(dir / name, first_path));
+      for (int i = 0; i < 10; ++i) ASSERT_TRUE(first->Step().ok());
+      ASSERT_TRUE(first->WriteCheckpointNow(nullptr).ok());
+    }
+    auto second = Make(config(dir / name, second_path));
+    ASSERT_TRUE(second->resumed());
+    EXPECT_EQ(second->step(), 10);
+    EXPECT_EQ(kernels::PortableKernelsForced(), second_path == "portable");
+    ASSERT_TRUE(second->Train().ok());
+    const auto a = straight->model().params().All(), b = second->model().params().All();
+    for (size_t i = 0; i < a.size(); ++i) {
+      SCOPED_TRACE(SaeParameters::Names()[i]);
+      EXPECT_LT(testing::RelativeError(b[i], a[i]), 1e-3);
+      EXPECT_FALSE(torch::equal(b[i], torch::zeros_like(b[i])));
+    }
+  }
+  kernels::ForcePortableKernels(false);
+}
+
+// A device this build or machine cannot train on is refused by name before anything runs.
+TEST(Trainer, UnavailableDevicesAndUnknownKernelsAreNamed) {
+  TempDir dir;
+  auto error = [&](const std::string& device, const std::string& kernels, const std::string& backend) {
+    TrainConfig c = SmallConfig(dir / "run");
+    c.parallelism.device = device;
+    c.parallelism.kernels = kernels;
+    c.parallelism.backend = backend;
+    auto t = Trainer::Create(c);
+    EXPECT_FALSE(t.ok()) << device << " " << kernels;
+    return t.ok() ? std::string() : std::string(t.status().message());
+  };
+  EXPECT_THAT(error("tpu", "auto", "gloo"), HasSubstr("parallelism.device: must be \"cpu\", \"cuda\" or \"cuda:N\""));
+  EXPECT_THAT(error("cuda:x", "auto", "gloo"), HasSubstr("parallelism.device"));
+  EXPECT_THAT(error("cpu", "fast", "gloo"), HasSubstr("parallelism.kernels"));
+  EXPECT_THAT(error("cpu", "auto", "nccl"), HasSubstr("parallelism.backend: nccl moves CUDA tensors"));
+  if (!torch::cuda::is_available()) {
+    EXPECT_THAT(error("cuda", "auto", "gloo"), HasSubstr("parallelism.device: \"cuda\" needs a CUDA build"));
+  } else {
+    EXPECT_THAT(error("cuda:4096", "auto", "gloo"), HasSubstr("CUDA devices"));
+  }
 }
 
 TEST(Trainer, CheckpointHasSparsifyAndSaeLensLayouts) {
@@ -237,9 +300,10 @@ TEST(Trainer, ReluSaeTrainsWithTheSameTrainer) {
 
 // The foundation issue's bar: 512 features in 256 dimensions (about 5 active), 1024 latents,
 // k = 8, at most 3M tokens: MMCS >= 0.98 and >= 95% of features recovered at cosine >= 0.9.
-void ExpectToyRecovery(ComputeDtype dtype) {
+void ExpectToyRecovery(ComputeDtype dtype, const std::string& kernels = "auto") {
   TempDir dir;
   TrainConfig c;
+  c.parallelism.kernels = kernels;
   c.model.num_latents = 1024;
   c.model.k = 8;
   c.model.compute_dtype = dtype;
@@ -255,8 +319,9 @@ void ExpectToyRecovery(ComputeDtype dtype) {
   auto eval = t->Train();
   ASSERT_TRUE(eval.ok()) << eval.status();
   ASSERT_TRUE(eval->has_ground_truth);
-  std::printf("%s encoder: MMCS %.4f, recovered %.4f, FVU %.4f, L0 %.2f\n",
-              dtype == ComputeDtype::kBFloat16 ? "bfloat16" : "float32", eval->mmcs,
+  kernels::ForcePortableKernels(false);
+  std::printf("%s encoder, %s kernels: MMCS %.4f, recovered %.4f, FVU %.4f, L0 %.2f\n",
+              dtype == ComputeDtype::kBFloat16 ? "bfloat16" : "float32", kernels.c_str(), eval->mmcs,
               eval->recovered_fraction, eval->fvu, eval->l0);
   EXPECT_GE(eval->mmcs, 0.98);
   EXPECT_GE(eval->recovered_fraction, 0.95);
@@ -269,6 +334,12 @@ TEST(Trainer, ToyDataRecoversGroundTruthFeatures) { ExpectToyRecovery(ComputeDty
 // bf16 ranks the latents in the encoder (float32 master weights and values): the same bar.
 TEST(Trainer, ToyDataRecoversGroundTruthFeaturesWithTheBFloat16Encoder) {
   ExpectToyRecovery(ComputeDtype::kBFloat16);
+}
+
+// The whole training step on the portable kernels (what a GPU without saegrid's CUDA kernels
+// runs), forced on the CPU: the same bar.
+TEST(Trainer, ToyDataRecoversGroundTruthFeaturesOnThePortableKernels) {
+  ExpectToyRecovery(ComputeDtype::kFloat32, "portable");
 }
 
 }  // namespace

@@ -195,7 +195,8 @@ absl::StatusOr<std::vector<ShardPath>> ListShardPaths(const std::string& path) {
 
 absl::StatusOr<std::unique_ptr<ActivationSource>> OpenActivationSource(const DataConfig& config,
                                                                       int replica,
-                                                                      int num_replicas) {
+                                                                      int num_replicas,
+                                                                      bool pin_memory) {
   std::vector<std::shared_ptr<ActivationShard>> shards;
   torch::Tensor ground_truth;
   if (config.use_synthetic) {
@@ -218,6 +219,7 @@ absl::StatusOr<std::unique_ptr<ActivationSource>> OpenActivationSource(const Dat
   options.seed = config.seed;
   options.replica = replica;
   options.num_replicas = num_replicas;
+  options.pin_memory = pin_memory;
   auto stream = ActivationStream::Create(std::move(shards), options);
   if (!stream.ok()) return stream.status();
   return std::unique_ptr<ActivationSource>(new PrefetchingSource(

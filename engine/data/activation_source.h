@@ -31,10 +31,12 @@ class ActivationSource {
 };
 
 // Opens the source a DataConfig names (files or the synthetic generator) for one data-parallel
-// replica.
+// replica. `pin_memory`: training batches in page-locked memory (a CUDA run; needs a CUDA
+// LibTorch), which the prefetch thread fills while the step runs.
 absl::StatusOr<std::unique_ptr<ActivationSource>> OpenActivationSource(const DataConfig& config,
                                                                       int replica = 0,
-                                                                      int num_replicas = 1);
+                                                                      int num_replicas = 1,
+                                                                      bool pin_memory = false);
 
 // The shard files behind `path`: a directory (its *.npy and *.safetensors files in name order,
 // token files excluded), a manifest .json ({"shards": ["a.npy", {"path": ..., "tokens": ...}]},

@@ -119,7 +119,7 @@ absl::StatusOr<Batch> ActivationStream::Next(int64_t global_batch_size) {
   const int64_t rows = global_batch_size / replicas;
   const int64_t mine_begin = options_.replica * rows;
   Batch batch;
-  batch.x = torch::empty({rows, d_}, torch::kFloat);
+  batch.x = torch::empty({rows, d_}, torch::TensorOptions().dtype(torch::kFloat).pinned_memory(options_.pin_memory));
   if (has_tokens_) batch.tokens = torch::empty({rows}, torch::kLong);
   float* out = batch.x.data_ptr<float>();
   int64_t* tokens = has_tokens_ ? batch.tokens.data_ptr<int64_t>() : nullptr;

@@ -38,6 +38,8 @@ struct StreamOptions {
   uint64_t seed = 0;
   int replica = 0;
   int num_replicas = 1;
+  // Training batches in page-locked memory, so that copying them to a GPU is asynchronous.
+  bool pin_memory = false;
 };
 
 struct Batch {

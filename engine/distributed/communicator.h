@@ -25,6 +25,9 @@ class Communicator {
   virtual int rank() const = 0;  // within this group
   virtual int size() const = 0;
   virtual const char* backend() const = 0;
+  // Where the tensors of this group's collectives must live (Gloo: the CPU; NCCL: this rank's
+  // GPU). A group of one moves nothing and takes tensors on any device.
+  virtual c10::Device device() const { return c10::Device(c10::kCPU); }
 
   // In place over `tensor` (contiguous). kAvg needs a floating-point tensor.
   virtual absl::Status AllReduce(torch::Tensor& tensor, ReduceOp op) = 0;

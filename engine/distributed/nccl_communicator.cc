@@ -55,6 +55,7 @@ class NcclCommunicator : public Communicator {
   }
 
   absl::Status Init() {
+    if (cudaGetDevice(&device_index_) != cudaSuccess) return absl::InternalError("NCCL: no current CUDA device");
     if (cudaStreamCreate(&stream_) != cudaSuccess) {
       return absl::FailedPreconditionError("NCCL: cannot create a CUDA stream (no GPU on this rank?)");
     }
@@ -81,6 +82,9 @@ class NcclCommunicator : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   const char* backend() const override { return "nccl"; }
+  c10::Device device() const override {
+    return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device_index_));
+  }
 
   absl::Status AllReduce(torch::Tensor& tensor, ReduceOp op) override {
     auto st = CheckTensor(tensor);
@@ -123,7 +127,7 @@ class NcclCommunicator : public Communicator {
   }
 
   absl::Status Barrier() override {
-    auto token = torch::zeros({1}, torch::TensorOptions().dtype(torch::kFloat).device(torch::kCUDA));
+    auto token = torch::zeros({1}, torch::TensorOptions().dtype(torch::kFloat).device(device()));
     return AllReduce(token, ReduceOp::kSum);
   }
 
@@ -187,6 +191,7 @@ class NcclCommunicator : public Communicator {
   int rank_, size_;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
+  int device_index_ = 0;
   bool aborted_ = false;
 };
 

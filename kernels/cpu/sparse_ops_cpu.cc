@@ -22,13 +22,6 @@ torch::ScalarType AccType(torch::ScalarType rows) {
 // overhead small while still splitting a batch across the configured threads.
 constexpr int64_t kGrain = 16;
 
-void CheckIndexRange(const torch::Tensor& indices, int64_t num_rows) {
-  if (indices.numel() == 0) return;
-  const int64_t lo = indices.min().item<int64_t>();
-  const int64_t hi = indices.max().item<int64_t>();
-  TORCH_CHECK(lo >= 0 && hi < num_rows, "sparse index out of range: [", lo, ", ", hi,
-              "] for ", num_rows, " rows");
-}
 
 // Groups the flat entries of a [B, K] index tensor by latent id (counting sort): entries of
 // latent l are order[start[l] .. start[l + 1]).
@@ -53,7 +46,6 @@ EntriesByLatent GroupByLatent(const int64_t* idx, int64_t count, int64_t num_row
 torch::Tensor DenseSparseMatmul(const torch::Tensor& values, const torch::Tensor& indices,
                                 const torch::Tensor& rows) {
   const int64_t batch = values.size(0), k = values.size(1), d = rows.size(1);
-  CheckIndexRange(indices, rows.size(0));
   auto vals = values.to(AccType(rows.scalar_type()));
   auto out = torch::empty({batch, d}, rows.options());
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, rows.scalar_type(), "DenseSparseMatmul", [&] {
@@ -83,7 +75,6 @@ torch::Tensor DenseSparseMatmul(const torch::Tensor& values, const torch::Tensor
 torch::Tensor MatmulAtSparseIndices(const torch::Tensor& dense, const torch::Tensor& rows,
                                     const torch::Tensor& indices) {
   const int64_t batch = indices.size(0), k = indices.size(1), d = rows.size(1);
-  CheckIndexRange(indices, rows.size(0));
   const auto acc_type = AccType(rows.scalar_type());
   auto x = dense.to(acc_type).contiguous();
   auto out = torch::empty({batch, k}, dense.options().dtype(acc_type));
@@ -111,7 +102,6 @@ torch::Tensor MatmulAtSparseIndices(const torch::Tensor& dense, const torch::Ten
 void ScatterAddOuterByLatent(const torch::Tensor& values, const torch::Tensor& indices,
                              const torch::Tensor& dense, torch::Tensor& out) {
   const int64_t k = values.size(1), d = out.size(1), num_rows = out.size(0);
-  CheckIndexRange(indices, num_rows);
   const auto acc_type = AccType(out.scalar_type());
   auto vals = values.to(acc_type).contiguous();
   auto x = dense.to(acc_type).contiguous();
@@ -144,7 +134,6 @@ void ScatterAddOuterByLatent(const torch::Tensor& values, const torch::Tensor& i
 
 torch::Tensor SumByLatent(const torch::Tensor& values, const torch::Tensor& indices,
                           int64_t num_rows) {
-  CheckIndexRange(indices, num_rows);
   auto vals = values.to(torch::kDouble).contiguous();
   auto sums = torch::zeros({num_rows}, torch::kDouble);
   const double* v = vals.data_ptr<double>();
