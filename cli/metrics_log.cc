@@ -95,6 +95,7 @@ void MetricsLog::Write(const v1::RankEvent& event) {
 }
 
 void MetricsLog::OnStep(const StepMetrics& m) {
+  if (!m.has_figures) return;  // only the steps whose figures were read (Trainer::Train)
   v1::RankEvent event;
   *event.mutable_step() = ToTrainingStep(m);
   Write(event);

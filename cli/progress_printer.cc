@@ -38,7 +38,7 @@ void ProgressPrinter::OnStart(int64_t step, int64_t total_steps, bool resumed) {
 
 void ProgressPrinter::OnStep(const StepMetrics& m) {
   if (tokens_at_start_ < 0) tokens_at_start_ = m.tokens - (m.tokens / std::max<int64_t>(m.step, 1));
-  if (quiet_) return;
+  if (quiet_ || !m.has_figures) return;  // a step whose figures were not read has nothing to show
   const auto now = std::chrono::steady_clock::now();
   const bool last = m.step == m.total_steps;
   if (tty_ && !last && now - last_draw_ < std::chrono::milliseconds(200)) return;

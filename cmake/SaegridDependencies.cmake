@@ -14,6 +14,15 @@ if(NOT SAEGRID_BUILD_FUZZERS)
   find_package(Torch QUIET)
   saegrid_require(Torch_FOUND "LibTorch (TorchConfig.cmake)" "libtorch-dev")
   # Debian's LibTorch links the system BLAS; the reference BLAS is ~50x slower than OpenBLAS.
+  # A CUDA build of LibTorch (a pip wheel's, on a GPU machine) imports c10_cuda and sets
+  # CAFFE2_USE_CUDA; Debian's CPU build defines neither. With it, kernels/cuda/ is built into the
+  # engine; the CUDA language is enabled here, at the top, because every target links it.
+  if(TARGET c10_cuda OR TARGET torch_cuda OR CAFFE2_USE_CUDA)
+    set(SAEGRID_TORCH_HAS_CUDA ON)
+    enable_language(CUDA)
+  else()
+    set(SAEGRID_TORCH_HAS_CUDA OFF)
+  endif()
   if(EXISTS /usr/lib/x86_64-linux-gnu/libtorch.so AND
      NOT EXISTS /usr/lib/x86_64-linux-gnu/openblas-openmp/libblas.so.3 AND
      NOT EXISTS /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3)
@@ -56,11 +65,15 @@ if(NOT SAEGRID_BUILD_FUZZERS)
   # Collective backends. Gloo is required where its headers are packaged (Debian: libgloo-dev);
   # a LibTorch without them (e.g. a pip wheel on a GPU box) builds without the Gloo backend.
   include(CheckIncludeFileCXX)
-  find_path(SAEGRID_GLOO_INCLUDE_DIR gloo/algorithm.h)
+  # Debian's LibTorch needs Debian's Gloo headers; another LibTorch may ship its own beside its
+  # headers, and without any the engine builds without the Gloo backend.
+  find_path(SAEGRID_GLOO_INCLUDE_DIR gloo/algorithm.h HINTS ${TORCH_INCLUDE_DIRS})
   if(SAEGRID_GLOO_INCLUDE_DIR)
     set(SAEGRID_WITH_GLOO ON)
-  elseif(EXISTS /etc/debian_version)
+  elseif(Torch_DIR MATCHES "^/usr/lib")
     saegrid_require(SAEGRID_GLOO_INCLUDE_DIR "Gloo headers (gloo/algorithm.h)" "libgloo-dev")
+  else()
+    message(STATUS "saegrid: no Gloo headers beside this LibTorch: the Gloo backend is not built")
   endif()
 
   # NCCL: built when the CUDA toolkit and NCCL are found (e.g. /usr/local/cuda).

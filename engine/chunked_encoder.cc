@@ -6,6 +6,7 @@
 #include <chrono>
 #include <limits>
 
+#include "kernels/dispatch.h"
 #include "kernels/running_topk.h"
 #include "kernels/sparse_ops.h"
 
@@ -55,8 +56,9 @@ EncoderCandidates SelectByChunkedEncoder(const torch::Tensor& x_centered, const 
   const auto b_enc = params.b_enc.detach();
   const auto device = x_centered.device();
   const bool with_aux = aux_width > 0 && dead_mask.defined();
-  // On the CPU the dead latents are offered by position (a host list, free to read there).
-  const bool dead_by_position = with_aux && device.is_cpu();
+  // The CPU heaps take the dead latents by position (a host list, free to read there); the device
+  // paths (and the portable one forced on the CPU, which stands in for them) mask instead.
+  const bool dead_by_position = with_aux && kernels::ImplementationFor(device) == kernels::Implementation::kCpu;
   torch::Tensor dead_latents;
   if (dead_by_position) dead_latents = dead_mask.nonzero().squeeze(1).contiguous();
   const int64_t* dead = dead_by_position ? dead_latents.data_ptr<int64_t>() : nullptr;

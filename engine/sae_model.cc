@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/chunked_encoder.h"
+#include "engine/host_reads.h"
 #include "engine/sharded_selection.h"
 #include "engine/sparse_autograd.h"
 #include "kernels/sparse_ops.h"
@@ -21,10 +22,11 @@ constexpr double kLayerNormEps = 1e-5;
 
 double Scalar(const torch::Tensor& t) { return t.detach().to(torch::kDouble).item<double>(); }
 
-// sum((a - mean(a))^2) over the rows of every replica: the FVU denominator of the global batch.
-// One pass of float64 sums (sum of rows, sum of squares) so that one all-reduce suffices; a
-// constant batch gives 0 and the caller guards against dividing by it.
-absl::StatusOr<double> GlobalTotalVariance(const torch::Tensor& a, Communicator* replicas) {
+// sum((a - mean(a))^2) over the rows of every replica: the FVU denominator of the global batch,
+// as a 0-d float64 tensor on a's device. One pass of float64 sums (sum of rows, sum of squares)
+// so that one all-reduce suffices; a constant batch gives 0 and the caller guards against
+// dividing by it.
+absl::StatusOr<torch::Tensor> GlobalTotalVariance(const torch::Tensor& a, Communicator* replicas) {
   torch::NoGradGuard no_grad;
   const auto a64 = a.detach().to(torch::kDouble);
   auto sums = torch::cat({a64.sum(0), a64.pow(2).sum().view({1}),
@@ -34,10 +36,9 @@ absl::StatusOr<double> GlobalTotalVariance(const torch::Tensor& a, Communicator*
     if (!st.ok()) return st;
   }
   const int64_t d = a.size(1);
-  const double rows = sums[d + 1].item<double>();
-  const double sum_sq = sums[d].item<double>();
-  const double mean_term = sums.narrow(0, 0, d).pow(2).sum().item<double>() / std::max(rows, 1.0);
-  return std::max(sum_sq - mean_term, 0.0);
+  const auto rows = sums[d + 1].clamp_min(1.0);
+  const auto mean_term = sums.narrow(0, 0, d).pow(2).sum() / rows;
+  return (sums[d] - mean_term).clamp_min(0.0);
 }
 
 // The sum of every shard's partial reconstruction: the value is the all-reduced total, the
@@ -107,12 +108,34 @@ torch::Tensor GeometricMedian(const torch::Tensor& points, int max_iterations, d
   return median.to(points.scalar_type());
 }
 
+ForwardSums ForwardSums::FromHost(const torch::Tensor& host) {
+  TORCH_CHECK(host.device().is_cpu() && host.scalar_type() == torch::kDouble && host.numel() == kCount,
+              "ForwardSums::FromHost needs ", static_cast<int64_t>(kCount), " float64 values on the CPU");
+  const auto values = host.contiguous();
+  const double* v = values.data_ptr<double>();
+  ForwardSums s;
+  s.error_sq = v[kErrorSq];
+  s.aux_error_sq = v[kAuxErrorSq];
+  s.l1 = v[kL1];
+  s.active = v[kActive];
+  s.overflow_tokens = v[kOverflowTokens];
+  s.tokens = v[kTokens];
+  s.variance = v[kVariance];
+  s.residual_variance = v[kResidualVariance];
+  return s;
+}
+
 void FinalizeMetrics(ForwardOutput& out, int64_t d_in) {
-  const auto& s = out.sums;
+  out.host_sums = ForwardSums::FromHost(ToHost(out.sums));
+  MetricsFromHostSums(out, d_in);
+}
+
+void MetricsFromHostSums(ForwardOutput& out, int64_t d_in) {
+  const auto& s = out.host_sums;
   const double tokens = std::max(s.tokens, 1.0);
-  out.fvu = s.error_sq / std::max(out.variance, 1e-30);
+  out.fvu = s.error_sq / std::max(s.variance, 1e-30);
   out.mse = s.error_sq / (tokens * static_cast<double>(d_in));
-  out.auxk_loss = out.residual_variance > 0 ? s.aux_error_sq / out.residual_variance : 0;
+  out.auxk_loss = s.residual_variance > 0 ? s.aux_error_sq / s.residual_variance : 0;
   out.l1_loss = s.l1 / tokens;
   out.l0 = s.active / tokens;
   out.overflow_rate = s.overflow_tokens / tokens;
@@ -202,6 +225,7 @@ ForwardOutput SaeModel::TrainingForward(const torch::Tensor& x, const torch::Ten
                                         ComputePath path) const {
   auto out = Forward(x, dead_mask, path, nullptr);
   TORCH_CHECK(out.ok(), std::string(out.status().message()));
+  FinalizeMetrics(*out, config_.d_in);
   return *std::move(out);
 }
 
@@ -288,6 +312,7 @@ absl::StatusOr<ForwardOutput> SaeModel::Forward(const torch::Tensor& x, const to
   // Sharded: the local candidates' values are all-gathered and every shard makes the same cut;
   // `*_keep` marks the candidates that made the global cut (undefined: all of them).
   torch::Tensor main_keep, aux_keep;
+  torch::Tensor overflow_tokens = torch::zeros({}, x.options().dtype(torch::kLong));
   if (shards != nullptr && topk) {
     torch::NoGradGuard no_grad;
     phase.emplace(profile, &StepProfile::allgather);
@@ -297,7 +322,7 @@ absl::StatusOr<ForwardOutput> SaeModel::Forward(const torch::Tensor& x, const to
     const bool can_overflow = parallel->k_in < std::min(config_.k, latent_count_);
     GlobalCut cut = CutGlobalTopK(*gathered, shards->rank(), config_.k, can_overflow);
     main_keep = cut.keep;
-    out.sums.overflow_tokens = static_cast<double>(cut.overflow.sum().item<int64_t>());
+    overflow_tokens = cut.overflow.sum();
     if (aux_width > 0) {
       // AuxK over the dead latents, with the same exchange; -inf fills the slots of a shard with
       // fewer dead latents than it may offer (and of one with none, which selected nothing).
@@ -363,42 +388,47 @@ absl::StatusOr<ForwardOutput> SaeModel::Forward(const torch::Tensor& x, const to
   }
 
   // Loss: (sum of this replica's squared errors) * R / (global variance), so that the replicas'
-  // averaged gradients are the gradient of the whole batch's FVU.
+  // averaged gradients are the gradient of the whole batch's FVU. Everything below stays on the
+  // device: the statistics are gathered into out.sums for a later read (FinalizeMetrics).
   const auto error = x - x_hat;
   auto variance = GlobalTotalVariance(x, replicas);
   if (!variance.ok()) return variance.status();
-  out.variance = *variance;
   const auto error_sq = error.pow(2).sum();
-  out.loss = error_sq * (num_replicas / std::max(out.variance, 1e-30));
-  out.sums.error_sq = Scalar(error_sq);
+  out.loss = error_sq * (num_replicas / variance->clamp_min(1e-30));
+  const auto stat = x.options().dtype(torch::kDouble);
+  torch::Tensor aux_error_sq = torch::zeros({}, stat), residual_variance = torch::zeros({}, stat);
   if (aux) {
-    // AuxK fits the dead latents' reconstruction (no b_pre) to the detached residual.
+    // AuxK fits the dead latents' reconstruction (no b_pre) to the detached residual. It counts
+    // only when the residual varies and the term is finite; without a host read, that choice is
+    // a where(), which also keeps its gradient out when it is off.
     const auto residual = error.detach();
-    auto residual_variance = GlobalTotalVariance(residual, replicas);
-    if (!residual_variance.ok()) return residual_variance.status();
-    if (*residual_variance > 0) {
-      const auto aux_sq = (residual - e_hat).pow(2).sum();
-      const double value = Scalar(aux_sq);
-      if (std::isfinite(value)) {
-        out.loss = out.loss + config_.auxk_alpha * num_replicas / *residual_variance * aux_sq;
-        out.residual_variance = *residual_variance;
-        out.sums.aux_error_sq = value;
-      }
-    }
+    auto rv = GlobalTotalVariance(residual, replicas);
+    if (!rv.ok()) return rv.status();
+    const auto aux_sq = (residual - e_hat).pow(2).sum();
+    const auto used = (*rv > 0).logical_and(torch::isfinite(aux_sq));
+    const auto term = aux_sq * (config_.auxk_alpha * num_replicas / rv->clamp_min(1e-30));
+    out.loss = out.loss + torch::where(used, term, torch::zeros_like(term));
+    aux_error_sq = torch::where(used, aux_sq.detach().to(torch::kDouble), aux_error_sq);
+    residual_variance = torch::where(used, *rv, residual_variance);
   }
+  torch::Tensor l1 = torch::zeros({}, stat);
   if (config_.architecture == Architecture::kReLU) {
     // Mean per-token L1 of the global batch; this shard's latents' part.
     const auto l1_sum = acts.sum();
     out.loss = out.loss + config_.l1_coefficient * num_replicas / static_cast<double>(batch * num_replicas) * l1_sum;
-    out.sums.l1 = Scalar(l1_sum);
+    l1 = l1_sum.detach().to(torch::kDouble);
   }
   out.indices = main.indices;
   out.acts = acts.detach();
-  out.sums.active = Scalar((out.acts > 0).sum());
-  out.sums.tokens = static_cast<double>(batch);
-  out.num_dead = shards != nullptr ? parallel->dead_total
-                                   : (dead_mask.defined() ? dead_mask.sum().item<int64_t>() : 0);
-  FinalizeMetrics(out, config_.d_in);
+  out.sums = torch::stack({error_sq.detach().to(torch::kDouble), aux_error_sq, l1,
+                           (out.acts > 0).sum().to(torch::kDouble), overflow_tokens.to(torch::kDouble),
+                           torch::full({}, static_cast<double>(batch), stat), variance->detach(),
+                           residual_variance.detach()});
+  if (shards != nullptr || parallel != nullptr) {
+    out.num_dead = parallel->dead_total;
+  } else {
+    out.num_dead = dead_mask.defined() ? dead_mask.sum().item<int64_t>() : 0;
+  }
   return out;
 }
 

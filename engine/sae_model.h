@@ -59,22 +59,42 @@ struct Selection {
   torch::Tensor values;
 };
 
-// Additive statistics of one forward pass, so that a sharded or data-parallel step can sum them
-// over ranks before turning them into metrics (FinalizeMetrics).
+// Statistics of one forward pass, as the host reads them (FinalizeMetrics). On the device they
+// are one float64 tensor (ForwardOutput::sums) indexed by Index, so that a step reads them, when
+// it reads them at all, in one copy; the first kAdditive entries add over ranks, so that a
+// sharded or data-parallel step can sum them before they become metrics.
 struct ForwardSums {
-  double error_sq = 0;      // sum ||x - x_hat||^2 over this replica's rows
-  double aux_error_sq = 0;  // sum ||residual - e_hat||^2 (AuxK)
-  double l1 = 0;            // sum of this shard's activations
-  double active = 0;        // this shard's activations > 0
+  enum Index : int64_t {
+    kErrorSq,         // sum ||x - x_hat||^2 over this replica's rows
+    kAuxErrorSq,      // sum ||residual - e_hat||^2 (AuxK)
+    kL1,              // sum of this shard's activations
+    kActive,          // this shard's activations > 0
+    kOverflowTokens,  // tokens whose sharded selection may have been truncated
+    kTokens,          // this replica's rows
+    kAdditive,
+    kVariance = kAdditive,  // total variance of the inputs over the global batch
+    kResidualVariance,      // of the residual, for AuxK (0: no AuxK this step)
+    kCount
+  };
+  double error_sq = 0;
+  double aux_error_sq = 0;
+  double l1 = 0;
+  double active = 0;
   double overflow_tokens = 0;
-  double tokens = 0;        // this replica's rows
+  double tokens = 0;
+  double variance = 0;
+  double residual_variance = 0;
+
+  // From a host tensor of kCount float64 values.
+  static ForwardSums FromHost(const torch::Tensor& host);
 };
 
 struct ForwardOutput {
   torch::Tensor loss;  // differentiable scalar
-  ForwardSums sums;
-  double variance = 0;           // total variance of the inputs over the global batch
-  double residual_variance = 0;  // of the residual, for AuxK (0: no AuxK this step)
+  // [ForwardSums::kCount] float64 on the device. Nothing in the forward pass reads it on the
+  // host; FinalizeMetrics does, when the caller wants the figures.
+  torch::Tensor sums;
+  ForwardSums host_sums;  // filled by FinalizeMetrics
   // Sharded runs: the leaf whose gradient is this shard's part of the encoder's b_pre gradient,
   // to be summed over the shards and added to b_pre's gradient (see ReduceShardGradients).
   torch::Tensor encoder_b_pre;
@@ -110,13 +130,16 @@ class SaeModel {
   torch::Tensor NormalizeInputs(const torch::Tensor& x) const;
 
   // One training forward pass on normalised inputs. `dead_mask` [n] bool marks dead latents for
-  // AuxK (may be undefined: no AuxK). Both paths select the same latents.
+  // AuxK (may be undefined: no AuxK). Both paths select the same latents. The metrics are
+  // finalised (read to the host).
   ForwardOutput TrainingForward(const torch::Tensor& x, const torch::Tensor& dead_mask,
                                 ComputePath path) const;
   // The same pass for one rank of a sharded / data-parallel gang (sparse path): the global top-k
   // from the shards' candidates, partial reconstructions summed over the shards, and the loss
   // normalised by the global batch's variance and scaled so that averaging the gradients over
-  // the replicas gives the gradient of the whole batch. `dead_mask` covers this shard.
+  // the replicas gives the gradient of the whole batch. `dead_mask` covers this shard, and
+  // `parallel.dead_total` must count the dead latents of every shard. The metrics are not read:
+  // the pass queues its work and returns (FinalizeMetrics reads them).
   absl::StatusOr<ForwardOutput> ParallelTrainingForward(const torch::Tensor& x,
                                                         const torch::Tensor& dead_mask,
                                                         const ParallelForward& parallel) const;
@@ -152,9 +175,11 @@ class SaeModel {
   SaeParameters params_;
 };
 
-// fvu, mse, auxk_loss, l1_loss, l0 and overflow_rate of `out` from its sums (after they were
-// summed over ranks) and `d_in`.
+// Reads `out.sums` (after they were summed over ranks) to the host (one counted read,
+// engine/host_reads.h) and fills host_sums, fvu, mse, auxk_loss, l1_loss, l0 and overflow_rate.
 void FinalizeMetrics(ForwardOutput& out, int64_t d_in);
+// The same from out.host_sums, already read (the trainer packs the read with others).
+void MetricsFromHostSums(ForwardOutput& out, int64_t d_in);
 
 // Fills the derived fields of a model config: num_latents from expansion_factor and k_aux.
 ModelConfig ResolveModelConfig(ModelConfig config, int64_t d_in);

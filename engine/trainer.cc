@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "engine/checkpoint.h"
 #include "engine/device.h"
+#include "engine/host_reads.h"
 #include "engine/runtime.h"
 #include "engine/sharded_selection.h"
 
@@ -171,6 +172,7 @@ absl::Status Trainer::Resume(const std::string& step_dir) {
     ema_->set_updates(s.ema_updates);
   }
   dead_->tokens_since_fired().copy_(s.tokens_since_fired);
+  dead_count_.reset();
   if (s.rng_state.defined()) {
     at::Generator gen = at::detail::getDefaultCPUGenerator();
     gen.set_state(s.rng_state);
@@ -185,21 +187,30 @@ absl::Status Trainer::Resume(const std::string& step_dir) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<StepMetrics> Trainer::Step() {
+absl::StatusOr<StepMetrics> Trainer::Step() { return Step(/*figures=*/true); }
+
+// One step reads the device once (engine/host_reads.h): at its end, a packed copy of whether
+// the loss was finite, the dead count after the step (the next step's AuxK width depends on it)
+// and the overflow count, plus, when `figures`, every metric. The first step of a run reads the
+// dead count once more; gradient clipping needs the norm before the update (one more read); a
+// gang's collectives of host scalars wait as collectives do.
+absl::StatusOr<StepMetrics> Trainer::Step(bool figures) {
   const auto start = std::chrono::steady_clock::now();
   auto batch = source_->NextBatch();
   if (!batch.ok()) return batch.status();
   const int64_t global_tokens = config_.data.batch_size;
   const auto& mc = config_.model;
+  const bool topk = mc.architecture == Architecture::kTopK;
   Communicator* shards = gang_->shard_group.get();
   Communicator* replicas = gang_->replica_group.get();
   StepMetrics m;
+  m.has_figures = figures;
   parallel_.profile = &m.profile;
   using Clock = std::chrono::steady_clock;
 
-  const torch::Tensor dead_mask =
-      mc.architecture == Architecture::kTopK ? dead_->DeadMask(mc.dead_tokens_threshold) : torch::Tensor();
-  double dead_total = dead_mask.defined() ? static_cast<double>(dead_mask.sum().item<int64_t>()) : 0;
+  const torch::Tensor dead_mask = topk ? dead_->DeadMask(mc.dead_tokens_threshold) : torch::Tensor();
+  if (topk && !dead_count_) dead_count_ = ToHost(dead_mask.sum()).item<int64_t>();
+  double dead_total = topk ? static_cast<double>(*dead_count_) : 0;
   SAEGRID_RETURN_IF_ERROR(AllReduceScalars(shards, ReduceOp::kSum, {&dead_total}));
   parallel_.dead_total = static_cast<int64_t>(dead_total);
 
@@ -209,22 +220,18 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   auto out = model_->ParallelTrainingForward(model_->NormalizeInputs(x), dead_mask, parallel_);
   if (!out.ok()) return out.status();
 
-  // Metrics of the global batch: activations are per shard, everything is per replica.
+  // Statistics of the global batch, still on the device: activations are per shard, everything
+  // is per replica.
   auto phase_start = Clock::now();
-  ForwardSums& sums = out->sums;
-  SAEGRID_RETURN_IF_ERROR(AllReduceScalars(shards, ReduceOp::kSum, {&sums.l1, &sums.active}));
-  SAEGRID_RETURN_IF_ERROR(AllReduceScalars(replicas, ReduceOp::kSum,
-                                           {&sums.error_sq, &sums.aux_error_sq, &sums.l1, &sums.active,
-                                            &sums.overflow_tokens, &sums.tokens}));
-  FinalizeMetrics(*out, mc.d_in);
-  m.profile.allreduce += Seconds(phase_start);
-  m.loss = out->fvu + (mc.architecture == Architecture::kTopK ? mc.auxk_alpha * out->auxk_loss
-                                                               : mc.l1_coefficient * out->l1_loss);
-  // Every rank sees the same reduced figures, so every rank stops here together.
-  if (!std::isfinite(out->fvu) || !std::isfinite(m.loss)) {
-    return absl::InternalError(absl::StrCat("training diverged at step ", step_ + 1,
-                                            ": loss is not finite (try a lower optimizer.lr)"));
+  if (shards->size() > 1) {
+    auto per_shard = out->sums.narrow(0, ForwardSums::kL1, 2);  // l1, active
+    SAEGRID_RETURN_IF_ERROR(shards->AllReduce(per_shard, ReduceOp::kSum));
   }
+  if (replicas->size() > 1) {
+    auto additive = out->sums.narrow(0, 0, ForwardSums::kAdditive);
+    SAEGRID_RETURN_IF_ERROR(replicas->AllReduce(additive, ReduceOp::kSum));
+  }
+  m.profile.allreduce += Seconds(phase_start);
 
   phase_start = Clock::now();
   out->loss.backward();
@@ -253,59 +260,85 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   // One fused pass per parameter: decoder gradient projection, Adam, decoder renormalisation.
   // The gradient norm is of the projected gradient over the whole model: the shards' latent
   // rows plus b_pre once. With clipping it must be known before the update (an extra read of
-  // the gradients); without, the fused pass reports it.
+  // the gradients and of the host); without, the fused pass reports it on the device.
   const std::vector<bool> unit_norm_rows = {false, false, true, false};  // W_dec
   const double clip = config_.optimizer.grad_clip_norm;
   const double lr = ScheduledLearningRate(config_.optimizer, base_lr_, step_, total_steps_);
-  auto global_norm = [&](const std::vector<torch::Tensor>& sq) -> absl::StatusOr<double> {
-    // One host read of the four device scalars.
-    const auto host = torch::stack(sq).to(torch::kCPU);
-    const double* part = host.data_ptr<double>();
+  auto global_norm = [&](const torch::Tensor& host_parts) -> absl::StatusOr<double> {
+    const double* part = host_parts.data_ptr<double>();
     double latent_sq = part[0] + part[1] + part[2];
     SAEGRID_RETURN_IF_ERROR(AllReduceScalars(shards, ReduceOp::kSum, {&latent_sq}));
     return std::sqrt(latent_sq + part[3]);
   };
   double grad_norm = 0;
+  torch::Tensor norm_parts;  // the four squared norms, on the device
   if (clip > 0) {
-    auto norm = global_norm(adam_->FusedGradientSquaredNorms(unit_norm_rows));
+    auto norm = global_norm(ToHost(torch::stack(adam_->FusedGradientSquaredNorms(unit_norm_rows))));
     if (!norm.ok()) return norm.status();
     grad_norm = *norm;
     adam_->FusedStep(lr, ClippingScale(grad_norm, clip), unit_norm_rows);
   } else {
-    auto norm = global_norm(adam_->FusedStep(lr, 1.0, unit_norm_rows));
-    if (!norm.ok()) return norm.status();
-    grad_norm = *norm;
+    norm_parts = torch::stack(adam_->FusedStep(lr, 1.0, unit_norm_rows));
   }
   if (ema_) ema_->Update(params);
   // A latent that fired on any replica has fired.
   torch::Tensor fired = dead_->FiredMask(out->indices, out->acts);
   SAEGRID_RETURN_IF_ERROR(replicas->AllReduce(fired, ReduceOp::kMax));
   dead_->UpdateFired(fired, global_tokens);
-  // Reported after this step's firing, as the evaluation counts them (AuxK used the count from
-  // before the step).
-  double dead_after = static_cast<double>(dead_->CountDead(mc.dead_tokens_threshold));
-  SAEGRID_RETURN_IF_ERROR(AllReduceScalars(shards, ReduceOp::kSum, {&dead_after}));
   m.profile.optimizer += Seconds(phase_start);
+
+  // The step's one read: [loss finite, dead after the step, overflow tokens] (+ the figures).
+  const auto stat = out->sums.options();
+  std::vector<torch::Tensor> packed = {torch::isfinite(out->loss.detach()).to(stat).view({1}),
+                                       dead_->DeadMask(mc.dead_tokens_threshold).sum().to(stat).view({1}),
+                                       out->sums.narrow(0, ForwardSums::kOverflowTokens, 1)};
+  if (figures) {
+    packed.push_back(out->sums);
+    if (norm_parts.defined()) packed.push_back(norm_parts.to(stat));
+  }
+  const torch::Tensor host = ToHost(torch::cat(packed));
+  const double* read = host.data_ptr<double>();
+  const bool finite = read[0] != 0;
+  dead_count_ = static_cast<int64_t>(read[1]);
+  const double overflow = read[2];
+  // Every rank sees the same reduced loss, so every rank stops here together.
+  if (!finite) {
+    return absl::InternalError(absl::StrCat("training diverged at step ", step_ + 1,
+                                            ": loss is not finite (try a lower optimizer.lr)"));
+  }
   ++step_;
   tokens_ += global_tokens;
-  overflow_tokens_ += static_cast<int64_t>(sums.overflow_tokens);
-
+  overflow_tokens_ += static_cast<int64_t>(overflow);
   m.step = step_;
   m.total_steps = total_steps_;
   m.tokens = tokens_;
-  m.fvu = out->fvu;
-  m.mse = out->mse;
-  m.auxk_loss = out->auxk_loss;
-  m.l1_loss = out->l1_loss;
-  m.l0 = out->l0;
-  m.num_dead = static_cast<int64_t>(dead_after);
-  m.dead_fraction = dead_after / mc.num_latents;
-  m.overflow_tokens = static_cast<int64_t>(sums.overflow_tokens);
-  m.overflow_rate = out->overflow_rate;
+  m.lr = lr;
+  m.overflow_tokens = static_cast<int64_t>(overflow);
   m.overflow_tokens_total = overflow_tokens_;
   m.overflow_rate_total = static_cast<double>(overflow_tokens_) / std::max<int64_t>(tokens_, 1);
-  m.lr = lr;
-  m.grad_norm = grad_norm;
+  if (figures) {
+    out->host_sums = ForwardSums::FromHost(host.narrow(0, 3, ForwardSums::kCount).clone());
+    MetricsFromHostSums(*out, mc.d_in);
+    if (norm_parts.defined()) {
+      auto norm = global_norm(host.narrow(0, 3 + ForwardSums::kCount, 4).clone());
+      if (!norm.ok()) return norm.status();
+      grad_norm = *norm;
+    }
+    double dead_after = static_cast<double>(*dead_count_);
+    SAEGRID_RETURN_IF_ERROR(AllReduceScalars(shards, ReduceOp::kSum, {&dead_after}));
+    m.loss = out->fvu + (topk ? mc.auxk_alpha * out->auxk_loss : mc.l1_coefficient * out->l1_loss);
+    m.fvu = out->fvu;
+    m.mse = out->mse;
+    m.auxk_loss = out->auxk_loss;
+    m.l1_loss = out->l1_loss;
+    m.l0 = out->l0;
+    // Reported after this step's firing, as the evaluation counts them (AuxK used the count
+    // from before the step).
+    m.num_dead = static_cast<int64_t>(dead_after);
+    m.dead_fraction = dead_after / mc.num_latents;
+    m.overflow_rate = out->overflow_rate;
+    m.grad_norm = grad_norm;
+  }
   m.step_seconds = Seconds(start);
   m.tokens_per_second = global_tokens / std::max(m.step_seconds, 1e-9);
   parallel_.profile = nullptr;
@@ -509,7 +542,13 @@ absl::StatusOr<EvalResult> Trainer::Train(TrainingObserver* observer) {
     double stop = stop_requested_.load() ? 1 : 0;
     SAEGRID_RETURN_IF_ERROR(AllReduceScalars(gang_->world.get(), ReduceOp::kMax, {&stop}));
     if (stop > 0) break;
-    auto m = Step();
+    // The figures are read at the steps that report them: every log_every_steps, before each
+    // checkpoint and at the end (and whenever the stop request may end the run next).
+    const int64_t next = step_ + 1;
+    const int64_t log_every = std::max<int64_t>(config_.training.log_every_steps, 1);
+    const bool figures = next % log_every == 0 || next == total_steps_ || (every > 0 && next % every == 0) ||
+                         stop_requested_.load();
+    auto m = Step(figures);
     if (!m.ok()) return m.status();
     if (observer) observer->OnStep(*m);
     if (every > 0 && step_ % every == 0 && step_ < total_steps_) {

@@ -41,6 +41,11 @@ struct StepMetrics {
   double step_seconds = 0;
   double tokens_per_second = 0;  // this step
   StepProfile profile;           // where this rank's step time went
+  // Whether the figures above (loss to grad_norm, num_dead, dead_fraction, overflow_rate) were
+  // read this step: the training loop reads them only at the steps that report them, so that a
+  // GPU step does not wait for the device (Trainer::Train). step, tokens, lr, the overflow
+  // counts and the timings are always set.
+  bool has_figures = true;
 };
 
 class TrainingObserver {
@@ -64,7 +69,12 @@ class Trainer {
   // at the end, where it also evaluates. Returns the final evaluation (on the leader, rank 0;
   // the other ranks return an empty result).
   absl::StatusOr<EvalResult> Train(TrainingObserver* observer = nullptr);
+  // One step with all its figures (the training loop reads them only at reporting steps).
   absl::StatusOr<StepMetrics> Step();
+  // One step; the figures of StepMetrics are read from the device only when `figures`. A step
+  // reads the device once (engine/host_reads.h), plus once on the first step of a run and once
+  // more with gradient clipping.
+  absl::StatusOr<StepMetrics> Step(bool figures);
   absl::StatusOr<EvalResult> Evaluate();
   absl::StatusOr<std::string> WriteCheckpointNow(const EvalResult* evaluation);
   // Safe from another thread or a signal handler: the loop checkpoints and returns after the
@@ -96,7 +106,6 @@ class Trainer {
   absl::Status CheckSameStart();
   absl::StatusOr<SaeParameters> GatherPublishedWeights();
   absl::Status GatherStateSlicesToLeader(const SaeParameters& raw, const TrainerState& state);
-  absl::StatusOr<StepMetrics> StepOrFail();
 
   TrainConfig config_;
   std::unique_ptr<Gang> gang_;
@@ -113,6 +122,9 @@ class Trainer {
   int64_t tokens_ = 0;
   int64_t total_steps_ = 0;
   int64_t overflow_tokens_ = 0;
+  // The local dead count after the last step (the next step's AuxK width), read with that step's
+  // figures; unset: read it at the next step.
+  std::optional<int64_t> dead_count_;
   bool resumed_ = false;
   std::string resumed_from_;
   std::optional<torch::Tensor> eval_inputs_;

@@ -65,9 +65,10 @@ void RunningTopK::Offer(const torch::Tensor& chunk, int64_t first_latent, const 
                 " for a top-k on ", device_);
     cols = columns.contiguous();
     if (cols.numel() == 0) return;
-    // The range check reads the columns: free on the CPU, a host synchronisation elsewhere,
-    // where the engine's columns (dead latents of the chunk) are in range by construction.
-    if (device_.is_cpu()) {
+    // The CPU heaps index raw memory: checked here (free there). The portable gathers check for
+    // themselves; on an accelerator a check would be a host synchronisation, and the engine's
+    // columns (dead latents of the chunk) are in range by construction.
+    if (implementation_ == Implementation::kCpu) {
       const int64_t lo = cols.min().item<int64_t>(), hi = cols.max().item<int64_t>();
       TORCH_CHECK(lo >= 0 && hi < chunk.size(1), "RunningTopK: column [", lo, ", ", hi,
                   "] outside a chunk of ", chunk.size(1));

@@ -29,17 +29,6 @@ void CheckSameDevice(const torch::Tensor& a, const torch::Tensor& b, const torch
               c.device(), ")");
 }
 
-// Out-of-range ids are an error on the CPU (each implementation checks there for free). On an
-// accelerator the check would cost a host synchronisation per call, so the device paths trust
-// their callers: every id the engine passes comes from a top-k over the same rows.
-void CheckIndexRange(const torch::Tensor& indices, int64_t num_rows) {
-  if (!indices.device().is_cpu() || indices.numel() == 0) return;
-  const int64_t lo = indices.min().item<int64_t>();
-  const int64_t hi = indices.max().item<int64_t>();
-  TORCH_CHECK(lo >= 0 && hi < num_rows, "sparse index out of range: [", lo, ", ", hi, "] for ",
-              num_rows, " rows");
-}
-
 // The implementation for these operands: kernels/cuda/ takes float32 and bfloat16, so float64
 // on a CUDA device goes to the portable path.
 Implementation Route(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& c) {
@@ -49,6 +38,18 @@ Implementation Route(const torch::Tensor& a, const torch::Tensor& b, const torch
   return chosen == Implementation::kCuda && any_double ? Implementation::kPortable : chosen;
 }
 
+// Out-of-range ids are an error. The CPU kernels index raw memory, so they are checked here
+// (free on the CPU); the portable path's LibTorch gathers check for themselves; on an accelerator
+// a check would cost a host synchronisation per call, so the CUDA kernels trust their callers:
+// every id the engine passes comes from a top-k over the same rows.
+void CheckIndexRange(Implementation implementation, const torch::Tensor& indices, int64_t num_rows) {
+  if (implementation != Implementation::kCpu || indices.numel() == 0) return;
+  const int64_t lo = indices.min().item<int64_t>();
+  const int64_t hi = indices.max().item<int64_t>();
+  TORCH_CHECK(lo >= 0 && hi < num_rows, "sparse index out of range: [", lo, ", ", hi, "] for ",
+              num_rows, " rows");
+}
+
 }  // namespace
 
 torch::Tensor DenseSparseMatmul(const torch::Tensor& values, const torch::Tensor& indices,
@@ -56,8 +57,9 @@ torch::Tensor DenseSparseMatmul(const torch::Tensor& values, const torch::Tensor
   CheckSparsePair(values, indices);
   CheckRows(rows);
   CheckSameDevice(values, indices, rows);
-  CheckIndexRange(indices, rows.size(0));
-  switch (Route(rows, values, values)) {
+  const Implementation implementation = Route(rows, values, values);
+  CheckIndexRange(implementation, indices, rows.size(0));
+  switch (implementation) {
     case Implementation::kCpu:
       return cpu::DenseSparseMatmul(values.contiguous(), indices.contiguous(), rows.contiguous());
 #if defined(SAEGRID_WITH_CUDA_KERNELS)
@@ -78,8 +80,9 @@ torch::Tensor MatmulAtSparseIndices(const torch::Tensor& dense, const torch::Ten
               "indices must be [B, K] with B = ", dense.size(0));
   TORCH_CHECK(indices.scalar_type() == torch::kLong, "sparse indices must be int64");
   CheckSameDevice(dense, rows, indices);
-  CheckIndexRange(indices, rows.size(0));
-  switch (Route(rows, dense, dense)) {
+  const Implementation implementation = Route(rows, dense, dense);
+  CheckIndexRange(implementation, indices, rows.size(0));
+  switch (implementation) {
     case Implementation::kCpu:
       return cpu::MatmulAtSparseIndices(dense.contiguous(), rows.contiguous(), indices.contiguous());
 #if defined(SAEGRID_WITH_CUDA_KERNELS)
@@ -101,8 +104,9 @@ void ScatterAddOuterByLatent(const torch::Tensor& values, const torch::Tensor& i
               out.sizes());
   CheckSameDevice(values, indices, out);
   CheckSameDevice(values, dense, out);
-  CheckIndexRange(indices, out.size(0));
-  switch (Route(out, values, dense)) {
+  const Implementation implementation = Route(out, values, dense);
+  CheckIndexRange(implementation, indices, out.size(0));
+  switch (implementation) {
     case Implementation::kCpu:
       return cpu::ScatterAddOuterByLatent(values.contiguous(), indices.contiguous(), dense.contiguous(), out);
 #if defined(SAEGRID_WITH_CUDA_KERNELS)
@@ -119,8 +123,9 @@ torch::Tensor SumByLatent(const torch::Tensor& values, const torch::Tensor& indi
   CheckSparsePair(values, indices);
   TORCH_CHECK(num_rows >= 0, "SumByLatent needs num_rows >= 0, got ", num_rows);
   CheckSameDevice(values, indices, indices);
-  CheckIndexRange(indices, num_rows);
-  switch (Route(values, values, values)) {
+  const Implementation implementation = Route(values, values, values);
+  CheckIndexRange(implementation, indices, num_rows);
+  switch (implementation) {
     case Implementation::kCpu:
       return cpu::SumByLatent(values.contiguous(), indices.contiguous(), num_rows);
 #if defined(SAEGRID_WITH_CUDA_KERNELS)

@@ -35,7 +35,8 @@ constexpr int kSteps = 20;
 constexpr int kBatch = 512;
 
 // Skewed synthetic data (feature probabilities decay by lambda), 1024 latents, k = 8, and a short
-// dead threshold so that AuxK is active within the 20 steps.
+// dead threshold so that AuxK is active within the 20 steps. log_every_steps 1: every step reads
+// its figures and writes its metrics line, which the layouts' comparisons need.
 std::string Config(const std::string& parallelism) {
   return "name: distributed\n"
          "model: {architecture: topk, num_latents: 1024, k: 8, dead_tokens_threshold: 1024}\n"
@@ -44,7 +45,7 @@ std::string Config(const std::string& parallelism) {
          "  synthetic: {num_samples: 16384, num_features: 128, d: 64, avg_active_features: 5, lambda_decay: 0.97}\n"
          "  batch_size: 512\n"
          "  block_rows: 256\n"
-         "training: {total_tokens: " + std::to_string(kSteps * kBatch) + ", log_every_steps: 5}\n" +
+         "training: {total_tokens: " + std::to_string(kSteps * kBatch) + ", log_every_steps: 1}\n" +
          (parallelism.empty() ? "" : "parallelism: " + parallelism + "\n");
 }
 

@@ -12,6 +12,7 @@
 #include <fstream>
 
 #include "engine/checkpoint.h"
+#include "engine/host_reads.h"
 #include "engine/optimizer.h"
 #include "engine/safetensors.h"
 #include "engine/trainer.h"
@@ -132,6 +133,40 @@ TEST(Trainer, CheckpointsResumeAcrossKernelPaths) {
     }
   }
   kernels::ForcePortableKernels(false);
+}
+
+// "No host synchronisation inside the step beyond what logging needs": on the portable kernels
+// (the path of a device; forced on the CPU) a step that reports nothing reads the device once,
+// and one that reports everything also once, counting the LibTorch operators that read device
+// memory implicitly (item(), nonzero, masked_select) as well as the engine's own copies.
+TEST(Trainer, AStepReadsTheDeviceOnceWhetherOrNotItReports) {
+  TempDir dir;
+  kernels::ScopedPortableKernels portable;
+  TrainConfig c = SmallConfig(dir / "run");
+  c.model.k = 2;
+  c.model.dead_tokens_threshold = 256;  // some latents are dead at most steps: AuxK runs
+  c.optimizer.grad_clip_norm = 0;
+  c.parallelism.kernels = "portable";
+  auto t = Make(c);
+  ASSERT_TRUE(t->Step(false).ok());  // the first step also reads the dead count
+  for (bool figures : {false, false, true, false, true}) {
+    SCOPED_TRACE(figures ? "reporting step" : "quiet step");
+    HostSyncCounter counter;
+    auto m = t->Step(figures);
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_EQ(counter.count(), 1) << counter.implicit_count() << " implicit";
+    EXPECT_EQ(m->has_figures, figures);
+    if (figures) {
+      EXPECT_GT(m->fvu, 0);
+      EXPECT_GT(m->num_dead, 0);  // so AuxK took part
+      EXPECT_GT(m->grad_norm, 0);
+    }
+  }
+  // The counter sees implicit reads: the control that the count above can fail.
+  HostSyncCounter counter;
+  (void)torch::ones({3}).sum().item<double>();
+  (void)torch::ones({3}).nonzero();
+  EXPECT_EQ(counter.count(), 2);
 }
 
 // A device this build or machine cannot train on is refused by name before anything runs.
