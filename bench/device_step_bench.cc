@@ -34,6 +34,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_flags.h"
+#include "bench/self_child.h"
 #include "engine/device.h"
 #include "engine/host_reads.h"
 #include "engine/optimizer.h"
@@ -93,7 +94,8 @@ int64_t PeakMemoryBytes(const torch::Device& device) {
 #if defined(SAEGRID_BENCH_CUDA)
   if (device.is_cuda()) {
     const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-    return stats.allocated_bytes[static_cast<size_t>(c10::cuda::CUDACachingAllocator::StatType::AGGREGATE)].peak;
+    // Index 0 is StatType::AGGREGATE (all pools), whose namespace moved between LibTorch versions.
+    return stats.allocated_bytes[0].peak;
   }
 #endif
   std::ifstream in("/proc/self/status");
@@ -224,24 +226,6 @@ json MeasureDenseStep(const Shape& s, const std::string& device_name, int repeat
   }
 }
 
-json RunChild(const std::string& args) {
-  std::array<char, 4096> self{};
-  const ssize_t length = readlink("/proc/self/exe", self.data(), self.size() - 1);
-  if (length <= 0) return {{"error", "cannot resolve /proc/self/exe"}};
-  const std::string command = std::string(self.data(), length) + " " + args;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return {{"error", "cannot start " + command}};
-  std::string output;
-  std::array<char, 4096> buffer;
-  size_t got;
-  while ((got = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) output.append(buffer.data(), got);
-  const int status = pclose(pipe);
-  json parsed = json::parse(output, nullptr, /*allow_exceptions=*/false);
-  if (status != 0 || parsed.is_discarded()) {
-    return {{"error", command + " failed with status " + std::to_string(status)}};
-  }
-  return parsed;
-}
 
 std::vector<int64_t> ParseList(const std::string& text) {
   std::vector<int64_t> out;
@@ -303,9 +287,9 @@ int main(int argc, char** argv) {
     const Shape shape{batch, d, n, k};
     const std::string at = common + " --n " + std::to_string(n) + " --repeats " + std::to_string(repeats);
     json run = {{"latents", n}, {"h200_lower_bound_seconds", H200LowerBoundSeconds(shape)}};
-    run["device_kernels"] = RunChild("--measure trainer --kernels auto" + at);
-    run["portable_kernels"] = RunChild("--measure trainer --kernels portable" + at);
-    if (!skip_dense) run["dense_autograd"] = RunChild("--measure dense" + at);
+    run["device_kernels"] = saegrid::bench::RunSelf("--measure trainer --kernels auto" + at);
+    run["portable_kernels"] = saegrid::bench::RunSelf("--measure trainer --kernels portable" + at);
+    if (!skip_dense) run["dense_autograd"] = saegrid::bench::RunSelf("--measure dense" + at);
     const double bound = H200LowerBoundSeconds(shape);
     for (const char* path : {"device_kernels", "portable_kernels", "dense_autograd"}) {
       if (run.contains(path) && run[path].contains("median_step_seconds")) {
@@ -333,7 +317,7 @@ int main(int argc, char** argv) {
     const std::string at = common + " --n " + std::to_string(huge_latents) + " --repeats 3";
     out["huge"] = {{"latents", huge_latents},
                    {"h200_lower_bound_seconds", H200LowerBoundSeconds({batch, d, huge_latents, k})},
-                   {"device_kernels", RunChild("--measure trainer --kernels auto" + at)}};
+                   {"device_kernels", saegrid::bench::RunSelf("--measure trainer --kernels auto" + at)}};
   }
   std::printf("%s\n", out.dump(2).c_str());
   return 0;

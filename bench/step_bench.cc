@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "bench/bench_flags.h"
+#include "bench/self_child.h"
 #include "engine/chunked_encoder.h"
 #include "engine/optimizer.h"
 #include "engine/runtime.h"
@@ -214,23 +215,6 @@ json MeasureSelection(const Shape& s, int repeats) {
           {"speedup", Median(topk_s) / Median(running_s)}};
 }
 
-// Runs this binary again with `args` and parses the JSON it prints.
-json RunChild(const std::string& args) {
-  // Resolved here: inside popen's shell, /proc/self/exe would be the shell.
-  std::array<char, 4096> self{};
-  const ssize_t length = readlink("/proc/self/exe", self.data(), self.size() - 1);
-  if (length <= 0) return {{"error", "cannot resolve /proc/self/exe"}};
-  const std::string command = std::string(self.data(), length) + " " + args;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return {{"error", "cannot start " + command}};
-  std::string output;
-  std::array<char, 4096> buffer;
-  size_t got;
-  while ((got = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) output.append(buffer.data(), got);
-  const int status = pclose(pipe);
-  if (status != 0) return {{"error", command + " failed with status " + std::to_string(status)}};
-  return json::parse(output, nullptr, /*allow_exceptions=*/false);
-}
 
 }  // namespace
 
@@ -276,11 +260,11 @@ int main(int argc, char** argv) {
            std::to_string(reps) + " --threads " + std::to_string(threads);
   };
   const std::string args = shape_args(shape, repeats);
-  const json dense = RunChild("--measure dense_fp32 " + args);
-  const json sparse = RunChild("--measure sparse_fp32 " + args);
-  const json bf16 = RunChild("--measure sparse_bf16 " + args);
-  const json optimizer = RunChild("--measure optimizer " + args);
-  const json selection = RunChild("--measure selection " + args);
+  const json dense = saegrid::bench::RunSelf("--measure dense_fp32 " + args);
+  const json sparse = saegrid::bench::RunSelf("--measure sparse_fp32 " + args);
+  const json bf16 = saegrid::bench::RunSelf("--measure sparse_bf16 " + args);
+  const json optimizer = saegrid::bench::RunSelf("--measure optimizer " + args);
+  const json selection = saegrid::bench::RunSelf("--measure selection " + args);
   for (const json* part : {&dense, &sparse, &bf16, &optimizer, &selection}) {
     if (part->is_discarded() || part->contains("error")) {
       std::fprintf(stderr, "step_bench: a measurement failed: %s\n", part->dump().c_str());
@@ -323,7 +307,7 @@ int main(int argc, char** argv) {
 
   if (!skip_large) {
     const Shape large{large_batch, shape.d, large_latents, shape.k};
-    const json wide = RunChild("--measure sparse_fp32 " + shape_args(large, 2));
+    const json wide = saegrid::bench::RunSelf("--measure sparse_fp32 " + shape_args(large, 2));
     const double limit = 24.0 * (int64_t{1} << 30);
     report["wide_model_sparse_fp32"] = {
         {"batch", large.batch}, {"num_latents", large.n}, {"result", wide},

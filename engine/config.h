@@ -112,6 +112,9 @@ struct ParallelConfig {
   // "auto": each device's own kernels (kernels/cpu/, kernels/cuda/); "portable": the
   // LibTorch-operator implementations on every device (kernels/dispatch.h).
   std::string kernels = "auto";
+  // Bitwise-reproducible device kernels (LibTorch's deterministic-algorithms flag: the CUDA
+  // scatters group by latent instead of using atomics). The CPU kernels always are.
+  bool deterministic = false;
   double timeout_seconds = 300;    // a collective or the rendezvous gives up after this
 };
 

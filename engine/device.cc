@@ -1,5 +1,6 @@
 #include "engine/device.h"
 
+#include <ATen/Context.h>
 #include <torch/cuda.h>
 
 #include <algorithm>
@@ -36,7 +37,8 @@ absl::StatusOr<c10::Device> ResolveTrainingDevice(const ParallelConfig& parallel
   return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
 }
 
-absl::Status ApplyKernelChoice(const std::string& kernels) {
+absl::Status ApplyKernelSettings(const ParallelConfig& parallel) {
+  const std::string& kernels = parallel.kernels;
   if (kernels.empty() || kernels == "auto") {
     kernels::ForcePortableKernels(false);
   } else if (kernels == "portable") {
@@ -45,6 +47,9 @@ absl::Status ApplyKernelChoice(const std::string& kernels) {
     return absl::InvalidArgumentError(
         absl::StrCat("parallelism.kernels: must be \"auto\" or \"portable\", got \"", kernels, "\""));
   }
+  // Raising on an operation without a deterministic variant would end a run that only asked for
+  // reproducible scatters: LibTorch's own such operations warn instead.
+  at::globalContext().setDeterministicAlgorithms(parallel.deterministic, /*warn_only=*/true);
   return absl::OkStatus();
 }
 

@@ -18,7 +18,7 @@ namespace saegrid {
 absl::StatusOr<c10::Device> ResolveTrainingDevice(const ParallelConfig& parallel, int64_t world_size);
 
 // Applies parallelism.kernels ("auto": each device's own kernels; "portable": the LibTorch-operator
-// implementations everywhere, kernels/dispatch.h). Process-wide.
-absl::Status ApplyKernelChoice(const std::string& kernels);
+// implementations everywhere, kernels/dispatch.h) and parallelism.deterministic. Process-wide.
+absl::Status ApplyKernelSettings(const ParallelConfig& parallel);
 
 }  // namespace saegrid

@@ -64,7 +64,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
   t->gang_ = gang ? std::move(gang) : SingleProcessGang();
   const ParallelLayout& layout = t->gang_->layout;
   t->threads_ = ConfigureThreads(config.runtime.num_threads);
-  SAEGRID_RETURN_IF_ERROR(ApplyKernelChoice(config.parallelism.kernels));
+  SAEGRID_RETURN_IF_ERROR(ApplyKernelSettings(config.parallelism));
   auto device = ResolveTrainingDevice(config.parallelism, layout.world_size());
   if (!device.ok()) return device.status();
   t->device_ = *device;

@@ -45,5 +45,5 @@ if [[ -n "$nccl_home" && -f "$nccl_home/include/nccl.h" ]]; then
   fi
 fi
 
-echo "saegrid: configuring $build against LibTorch at ${torch_prefix:-<CMake's default search>}"
+echo "saegrid: configuring $build against LibTorch at ${torch_prefix:-the default CMake search}"
 cmake -S "$root" -B "$build" "${args[@]}" "$@"

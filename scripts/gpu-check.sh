@@ -5,14 +5,17 @@
 # the kernel, CUDA-kernel, gradient, training and NCCL tests and the device benchmark, and write
 # a JSON summary. Device time is scarce: it must finish in under 8 minutes on 16 cores, and each
 # step has a time limit so that a hang costs one step, not the call.
-#   scripts/gpu-check.sh             on the GPU machine; results in $OUT (default out/gpu-check)
+#   scripts/gpu-check.sh             on the GPU machine; with $OUT set (the device call's folder,
+#                                    which returns at most 8 files), $OUT gets gpu-check.json and
+#                                    gpu-check-logs.tar.gz; without, everything is in out/gpu-check
 #   scripts/gpu-check.sh --rehearse  here, on the CPU: the same steps and targets with Debian's
 #                                    LibTorch, the CUDA tests skipping, the benchmark small on cpu
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 rehearse=0
 [[ "${1:-}" == "--rehearse" ]] && rehearse=1
-out=${OUT:-$root/out/gpu-check}
+out=${SAEGRID_GPU_RESULTS:-$root/out/gpu-check}
+[[ -n "${OUT:-}" ]] && out=${SAEGRID_GPU_RESULTS:-/tmp/saegrid-gpu-results}
 build=${SAEGRID_GPU_BUILD:-/tmp/saegrid-gpu-build}
 debs=${SAEGRID_GPU_DEBS:-$root/.gpu-debs}
 debroot=${SAEGRID_GPU_DEBROOT:-/tmp/saegrid-debroot}
@@ -46,7 +49,9 @@ if ! ls "$debs"/*.deb >/dev/null 2>&1; then
   echo "saegrid gpu-check: no Debian packages in $debs (run scripts/gpu-debs.sh here and carry .gpu-debs)" >&2
   exit 2
 fi
-step unpack 60 unpack || exit 1
+export -f unpack
+export debs debroot
+step unpack 60 bash -c unpack || exit 1
 export LD_LIBRARY_PATH="$debroot/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 export SAEGRID_EXTRA_PREFIX="$debroot/usr"
@@ -100,4 +105,9 @@ except (OSError, ValueError) as e:
 json.dump(summary, open(os.path.join(out, "gpu-check.json"), "w"), indent=2)
 print(json.dumps({k: summary[k] for k in ("seconds", "rehearsal", "tests")}, indent=1))
 PY
+if [[ -n "${OUT:-}" && "$out" != "$OUT" ]]; then
+  mkdir -p "$OUT"
+  cp "$out/gpu-check.json" "$OUT/" 2>/dev/null || true
+  tar -czf "$OUT/gpu-check-logs.tar.gz" -C "$out" . || failed=1
+fi
 exit $failed

@@ -202,6 +202,7 @@ absl::StatusOr<TrainConfig> ToTrainConfig(const v1::JobSpec& spec) {
     return Bad("parallelism.kernels", "must be \"auto\" or \"portable\", got \"" + p.kernels() + "\"");
   }
   if (!p.kernels().empty()) c.parallelism.kernels = p.kernels();
+  c.parallelism.deterministic = p.deterministic();
   if (p.has_timeout_seconds()) {
     SAEGRID_RETURN_IF_ERROR(InRange("parallelism.timeout_seconds", p.timeout_seconds(), 1.0, 86400.0));
     c.parallelism.timeout_seconds = p.timeout_seconds();

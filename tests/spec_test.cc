@@ -103,12 +103,14 @@ TEST(JobSpec, DevicesBackendsAndKernelsAreChecked) {
               HasSubstr("parallelism.backend: nccl moves CUDA tensors"));
   EXPECT_THAT(SpecError(base + "parallelism: {kernels: fast}\n"),
               HasSubstr("parallelism.kernels: must be \"auto\" or \"portable\", got \"fast\""));
-  auto spec = ParseJobSpec(base + "parallelism: {device: \"cuda:0\", kernels: portable}\n", "job.yaml");
+  auto spec = ParseJobSpec(base + "parallelism: {device: \"cuda:0\", kernels: portable, deterministic: true}\n",
+                           "job.yaml");
   ASSERT_TRUE(spec.ok());
   auto c = ToTrainConfig(*spec);
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->parallelism.device, "cuda:0");
   EXPECT_EQ(c->parallelism.kernels, "portable");
+  EXPECT_TRUE(c->parallelism.deterministic);
 }
 
 // A "billion laughs" document: ten levels of nine aliases each, 9^10 (3.5 billion) nodes expanded.

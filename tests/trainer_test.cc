@@ -169,6 +169,17 @@ TEST(Trainer, AStepReadsTheDeviceOnceWhetherOrNotItReports) {
   EXPECT_EQ(counter.count(), 2);
 }
 
+// parallelism.deterministic is LibTorch's flag, which the CUDA scatters read.
+TEST(Trainer, DeterministicKernelsAreLibTorchsFlag) {
+  TempDir dir;
+  for (bool deterministic : {true, false}) {
+    TrainConfig c = SmallConfig(dir / "run");
+    c.parallelism.deterministic = deterministic;
+    ASSERT_NE(Make(c), nullptr);
+    EXPECT_EQ(at::globalContext().deterministicAlgorithms(), deterministic);
+  }
+}
+
 // A device this build or machine cannot train on is refused by name before anything runs.
 TEST(Trainer, UnavailableDevicesAndUnknownKernelsAreNamed) {
   TempDir dir;

@@ -6,6 +6,7 @@
 #include "engine/distributed/gloo_communicator.h"
 #endif
 #ifdef SAEGRID_WITH_NCCL
+#include "base/device_name.h"
 #include "engine/distributed/nccl_communicator.h"
 #endif
 
@@ -51,7 +52,9 @@ absl::StatusOr<std::unique_ptr<Communicator>> Connect(const ParallelConfig& conf
                                                       const std::string& bind_host) {
   if (config.backend == "nccl") {
 #ifdef SAEGRID_WITH_NCCL
-    return CreateNcclCommunicator(std::move(rendezvous), group, ranks);
+    // parallelism.device cuda:N puts this rank on GPU N (the trainer resolves the same device).
+    const auto device = ParseDeviceName(config.device);
+    return CreateNcclCommunicator(std::move(rendezvous), group, ranks, device ? device->index : -1);
 #else
     return absl::FailedPreconditionError(absl::StrCat(
         "parallelism.backend: nccl is not compiled into this build (it needs CUDA, NCCL and a "

@@ -199,7 +199,7 @@ class NcclCommunicator : public Communicator {
 
 absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(
     std::shared_ptr<Rendezvous> rendezvous, const std::string& group,
-    const std::vector<int>& world_ranks) {
+    const std::vector<int>& world_ranks, int device_index) {
   const auto it = std::find(world_ranks.begin(), world_ranks.end(), rendezvous->rank());
   if (it == world_ranks.end()) {
     return absl::InvalidArgumentError(absl::StrCat("rank ", rendezvous->rank(), " is not in group ", group));
@@ -207,6 +207,9 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(
   if (!torch::cuda::is_available()) {
     return absl::FailedPreconditionError(
         "parallelism.backend nccl needs CUDA, but this LibTorch sees no CUDA device");
+  }
+  if (device_index >= 0 && cudaSetDevice(device_index) != cudaSuccess) {
+    return absl::FailedPreconditionError(absl::StrCat("NCCL: cannot use CUDA device ", device_index));
   }
   auto comm = std::make_unique<NcclCommunicator>(rendezvous, group,
                                                  static_cast<int>(it - world_ranks.begin()),

@@ -12,11 +12,12 @@
 
 namespace saegrid {
 
-// Uses the current CUDA device of the calling thread. Collectives run on a stream of their own,
+// Uses CUDA device `device_index`, made the calling thread's current device (-1: the current
+// device as it is). Collectives run on a stream of their own,
 // ordered after the legacy default stream's work, and are waited for (with the rendezvous
 // timeout; past it the communicator is aborted, so that nothing hangs).
 absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(
     std::shared_ptr<Rendezvous> rendezvous, const std::string& group,
-    const std::vector<int>& world_ranks);
+    const std::vector<int>& world_ranks, int device_index = -1);
 
 }  // namespace saegrid
