@@ -141,7 +141,7 @@ absl::Status ParseShape(DictReader& r, std::string_view what, std::vector<int64_
 int64_t NpyItemSize(std::string_view descr) {
   static const std::pair<std::string_view, int64_t> kSizes[] = {
       {"<f8", 8}, {"<f4", 4}, {"<f2", 2}, {"<i8", 8}, {"<i4", 4},
-      {"<i2", 2}, {"|u1", 1}, {"|i1", 1}, {"<u2", 2}, {"<V2", 2}};
+      {"<i2", 2}, {"|u1", 1}, {"|i1", 1}, {"<u2", 2}, {"<V2", 2}, {"<u4", 4}};
   for (const auto& [name, size] : kSizes) {
     if (name == descr) return size;
   }

@@ -26,8 +26,8 @@ struct NpyHeader {
   int64_t data_bytes = 0;   // numel * item_size
 };
 
-// Bytes per item of the descr codes the project reads ("<f4" -> 4); 0 for any other. "<u2" and
-// "<V2" are raw 16-bit words (bf16 data).
+// Bytes per item of the descr codes the project reads ("<f4" -> 4; "<u4" for token ids only); 0
+// for any other. "<u2" and "<V2" are raw 16-bit words (bf16 data, or token ids).
 int64_t NpyItemSize(std::string_view descr);
 
 // How many bytes from the start of the file ParseNpyHeader needs (the preamble plus the header
