@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -30,54 +32,134 @@ constexpr int64_t kLayers = 3, kD = 32, kHeads = 4, kVocab = 50, kPositions = 24
 // The interpreter with numpy: Debian's, not a shim on PATH that may lack it.
 std::string Python() { return std::filesystem::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3"; }
 
-struct Gpt2Files {
-  std::string prefix;  // "" or "transformer."
+// A tiny model in the Hugging Face layout: its config and its tensors (name, shape, scale and
+// offset of the random values), with random weights large enough that every sublayer matters.
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  double scale = 0.3, offset = 0;
+};
+struct ModelSpec {
+  nlohmann::json config;
+  std::vector<TensorSpec> tensors;
+};
+
+struct Layout {
+  std::string prefix;  // e.g. "transformer."; "" for none
   torch::ScalarType dtype = torch::kFloat;
   int shards = 1;
 };
 
-// A random GPT-2 with weights large enough that every sublayer matters.
-void WriteGpt2(const std::string& dir, const Gpt2Files& f, const std::string& drop = "",
-               const std::string& misshape = "") {
-  std::filesystem::create_directories(dir);
-  nlohmann::json config = {{"model_type", "gpt2"}, {"n_layer", kLayers}, {"n_embd", kD}, {"n_head", kHeads},
-                           {"vocab_size", kVocab}, {"n_positions", kPositions}, {"layer_norm_epsilon", 1e-5},
-                           {"activation_function", "gelu_new"}};
-  std::ofstream(dir + "/config.json") << config.dump();
-  torch::manual_seed(41);
-  std::vector<std::pair<std::string, torch::Tensor>> tensors;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, double scale, double offset = 0) {
-    if (name == drop) return;
-    if (name == misshape) shape.back() += 1;
-    tensors.push_back({f.prefix + name, (torch::randn(shape) * scale + offset).to(f.dtype)});
-  };
-  add("wte.weight", {kVocab, kD}, 0.5);
-  add("wpe.weight", {kPositions, kD}, 0.3);
+ModelSpec Gpt2() {
+  ModelSpec m;
+  m.config = {{"model_type", "gpt2"}, {"n_layer", kLayers}, {"n_embd", kD}, {"n_head", kHeads},
+              {"vocab_size", kVocab}, {"n_positions", kPositions}, {"layer_norm_epsilon", 1e-5},
+              {"activation_function", "gelu_new"}};
+  m.tensors = {{"wte.weight", {kVocab, kD}, 0.5}, {"wpe.weight", {kPositions, kD}, 0.3}};
   for (int64_t l = 0; l < kLayers; ++l) {
     const std::string p = "h." + std::to_string(l) + ".";
-    add(p + "ln_1.weight", {kD}, 0.2, 1.0);
-    add(p + "ln_1.bias", {kD}, 0.1);
-    add(p + "attn.c_attn.weight", {kD, 3 * kD}, 0.3);
-    add(p + "attn.c_attn.bias", {3 * kD}, 0.1);
-    add(p + "attn.c_proj.weight", {kD, kD}, 0.3);
-    add(p + "attn.c_proj.bias", {kD}, 0.1);
-    add(p + "ln_2.weight", {kD}, 0.2, 1.0);
-    add(p + "ln_2.bias", {kD}, 0.1);
-    add(p + "mlp.c_fc.weight", {kD, 4 * kD}, 0.3);
-    add(p + "mlp.c_fc.bias", {4 * kD}, 0.1);
-    add(p + "mlp.c_proj.weight", {4 * kD, kD}, 0.2);
-    add(p + "mlp.c_proj.bias", {kD}, 0.1);
+    for (const char* ln : {"ln_1", "ln_2"}) {
+      m.tensors.push_back({p + ln + ".weight", {kD}, 0.2, 1.0});
+      m.tensors.push_back({p + ln + ".bias", {kD}, 0.1});
+    }
+    m.tensors.push_back({p + "attn.c_attn.weight", {kD, 3 * kD}});
+    m.tensors.push_back({p + "attn.c_attn.bias", {3 * kD}, 0.1});
+    m.tensors.push_back({p + "attn.c_proj.weight", {kD, kD}});
+    m.tensors.push_back({p + "attn.c_proj.bias", {kD}, 0.1});
+    m.tensors.push_back({p + "mlp.c_fc.weight", {kD, 4 * kD}});
+    m.tensors.push_back({p + "mlp.c_fc.bias", {4 * kD}, 0.1});
+    m.tensors.push_back({p + "mlp.c_proj.weight", {4 * kD, kD}, 0.2});
+    m.tensors.push_back({p + "mlp.c_proj.bias", {kD}, 0.1});
   }
-  add("ln_f.weight", {kD}, 0.2, 1.0);
-  add("ln_f.bias", {kD}, 0.1);
-  if (f.shards == 1) {
+  m.tensors.push_back({"ln_f.weight", {kD}, 0.2, 1.0});
+  m.tensors.push_back({"ln_f.bias", {kD}, 0.1});
+  return m;
+}
+
+// Pythia's layout; rotary_pct 0.5 gives 4 rotary dimensions of each head's 8.
+ModelSpec GptNeox(bool parallel_residual) {
+  ModelSpec m;
+  m.config = {{"model_type", "gpt_neox"}, {"num_hidden_layers", kLayers}, {"hidden_size", kD},
+              {"num_attention_heads", kHeads}, {"intermediate_size", 3 * kD}, {"vocab_size", kVocab},
+              {"max_position_embeddings", kPositions}, {"rotary_pct", 0.5}, {"rotary_emb_base", 10000},
+              {"layer_norm_eps", 1e-5}, {"use_parallel_residual", parallel_residual}, {"hidden_act", "gelu"}};
+  m.tensors = {{"embed_in.weight", {kVocab, kD}, 0.5}};
+  for (int64_t l = 0; l < kLayers; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    for (const char* ln : {"input_layernorm", "post_attention_layernorm"}) {
+      m.tensors.push_back({p + ln + ".weight", {kD}, 0.2, 1.0});
+      m.tensors.push_back({p + ln + ".bias", {kD}, 0.1});
+    }
+    m.tensors.push_back({p + "attention.query_key_value.weight", {3 * kD, kD}});
+    m.tensors.push_back({p + "attention.query_key_value.bias", {3 * kD}, 0.1});
+    m.tensors.push_back({p + "attention.dense.weight", {kD, kD}});
+    m.tensors.push_back({p + "attention.dense.bias", {kD}, 0.1});
+    m.tensors.push_back({p + "mlp.dense_h_to_4h.weight", {3 * kD, kD}});
+    m.tensors.push_back({p + "mlp.dense_h_to_4h.bias", {3 * kD}, 0.1});
+    m.tensors.push_back({p + "mlp.dense_4h_to_h.weight", {kD, 3 * kD}, 0.2});
+    m.tensors.push_back({p + "mlp.dense_4h_to_h.bias", {kD}, 0.1});
+  }
+  m.tensors.push_back({"final_layer_norm.weight", {kD}, 0.2, 1.0});
+  m.tensors.push_back({"final_layer_norm.bias", {kD}, 0.1});
+  m.tensors.push_back({"embed_out.weight", {kVocab, kD}, 0.3});
+  return m;
+}
+
+// Llama (grouped-query attention, 2 key/value heads for 4, untied head) or Qwen2 (q/k/v biases,
+// tied head).
+ModelSpec Llama(const std::string& type) {
+  const bool qwen = type == "qwen2";
+  const int64_t kv_heads = 2, head_dim = kD / kHeads, inner = 3 * kD;
+  ModelSpec m;
+  m.config = {{"model_type", type}, {"num_hidden_layers", kLayers}, {"hidden_size", kD},
+              {"num_attention_heads", kHeads}, {"num_key_value_heads", kv_heads}, {"intermediate_size", inner},
+              {"vocab_size", kVocab}, {"max_position_embeddings", kPositions}, {"rms_norm_eps", 1e-6},
+              {"rope_theta", 500.0}, {"hidden_act", "silu"}, {"tie_word_embeddings", qwen}, {"rope_scaling", nullptr}};
+  m.tensors = {{"embed_tokens.weight", {kVocab, kD}, 0.5}};
+  for (int64_t l = 0; l < kLayers; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    m.tensors.push_back({p + "input_layernorm.weight", {kD}, 0.2, 1.0});
+    m.tensors.push_back({p + "post_attention_layernorm.weight", {kD}, 0.2, 1.0});
+    m.tensors.push_back({p + "self_attn.q_proj.weight", {kHeads * head_dim, kD}});
+    m.tensors.push_back({p + "self_attn.k_proj.weight", {kv_heads * head_dim, kD}});
+    m.tensors.push_back({p + "self_attn.v_proj.weight", {kv_heads * head_dim, kD}});
+    if (qwen) {
+      m.tensors.push_back({p + "self_attn.q_proj.bias", {kHeads * head_dim}, 0.1});
+      m.tensors.push_back({p + "self_attn.k_proj.bias", {kv_heads * head_dim}, 0.1});
+      m.tensors.push_back({p + "self_attn.v_proj.bias", {kv_heads * head_dim}, 0.1});
+    }
+    m.tensors.push_back({p + "self_attn.o_proj.weight", {kD, kHeads * head_dim}});
+    m.tensors.push_back({p + "mlp.gate_proj.weight", {inner, kD}});
+    m.tensors.push_back({p + "mlp.up_proj.weight", {inner, kD}});
+    m.tensors.push_back({p + "mlp.down_proj.weight", {kD, inner}, 0.2});
+  }
+  m.tensors.push_back({"norm.weight", {kD}, 0.2, 1.0});
+  if (!qwen) m.tensors.push_back({"lm_head.weight", {kVocab, kD}, 0.3});
+  return m;
+}
+
+void WriteModel(const std::string& dir, const ModelSpec& spec, const Layout& layout, const std::string& drop = "",
+                const std::string& misshape = "") {
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << spec.config.dump();
+  torch::manual_seed(41);
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& t : spec.tensors) {
+    if (t.name == drop) continue;
+    auto shape = t.shape;
+    if (t.name == misshape) shape.back() += 1;
+    // An untied head (embed_out, lm_head) sits outside the wrapper prefix, as in the real files.
+    const bool outside = t.name == "embed_out.weight" || t.name == "lm_head.weight";
+    tensors.push_back({(outside ? "" : layout.prefix) + t.name, (torch::randn(shape) * t.scale + t.offset).to(layout.dtype)});
+  }
+  if (layout.shards == 1) {
     ASSERT_TRUE(WriteSafetensors(dir + "/model.safetensors", tensors).ok());
     return;
   }
   nlohmann::json map;
-  const size_t per = (tensors.size() + f.shards - 1) / f.shards;
-  for (int s = 0; s < f.shards; ++s) {
-    const std::string file = "model-0000" + std::to_string(s + 1) + "-of-0000" + std::to_string(f.shards) + ".safetensors";
+  const size_t per = (tensors.size() + layout.shards - 1) / layout.shards;
+  for (int s = 0; s < layout.shards; ++s) {
+    const std::string file = "model-0000" + std::to_string(s + 1) + "-of-0000" + std::to_string(layout.shards) + ".safetensors";
     std::vector<std::pair<std::string, torch::Tensor>> part(
         tensors.begin() + std::min(tensors.size(), s * per), tensors.begin() + std::min(tensors.size(), (s + 1) * per));
     for (const auto& [name, t] : part) map[name] = file;
@@ -93,13 +175,14 @@ torch::Tensor ReadNpy(const std::string& path) {
   return torch::from_blob(const_cast<uint8_t*>(array->data()), array->shape, torch::kFloat).clone();
 }
 
-void ExpectMatchesReference(const Gpt2Files& files) {
+void ExpectMatchesReference(const ModelSpec& spec, const Layout& layout) {
   TempDir dir;
   const std::string model_dir = dir / "model";
-  WriteGpt2(model_dir, files);
+  WriteModel(model_dir, spec, layout);
   auto model = LoadLanguageModel(model_dir);
   ASSERT_TRUE(model.ok()) << model.status();
   EXPECT_EQ((*model)->num_layers(), kLayers);
+  EXPECT_EQ((*model)->model_type(), spec.config["model_type"].get<std::string>());
   torch::manual_seed(3);
   const auto ids = torch::randint(0, kVocab, {2, 16}, torch::kLong);
   ASSERT_TRUE(WriteNpy(dir / "ids.npy", ids).ok());
@@ -118,23 +201,39 @@ void ExpectMatchesReference(const Gpt2Files& files) {
   torch::Tensor logits;
   auto acts = (*model)->Forward(ids, hooks, &logits);
   ASSERT_TRUE(acts.ok()) << acts.status();
-  EXPECT_LT(RelativeError(logits, ReadNpy(dir / "reference/logits.npy")), 1e-4);
+  const double logits_error = RelativeError(logits, ReadNpy(dir / "reference/logits.npy"));
+  EXPECT_LT(logits_error, 1e-4);
+  double worst = 0;
   for (size_t i = 0; i < hooks.size(); ++i) {
     SCOPED_TRACE(hooks[i].name);
     const auto expected = ReadNpy(dir / ("reference/" + hooks[i].name + ".npy"));
     ASSERT_EQ((*acts)[i].sizes(), expected.sizes());
-    EXPECT_LT(RelativeError((*acts)[i], expected), 1e-4);
+    const double error = RelativeError((*acts)[i], expected);
+    EXPECT_LT(error, 1e-4);
+    worst = std::max(worst, error);
   }
+  std::printf("%s: logits relative error %.2e, worst hookpoint %.2e\n", spec.config["model_type"].get<std::string>().c_str(),
+              logits_error, worst);
   // Without logits the forward stops at the last layer a hook needs, with the same values.
   auto early = (*model)->Forward(ids, {hooks[1]});  // blocks.0.hook_resid_post
   ASSERT_TRUE(early.ok());
   EXPECT_TRUE(torch::equal((*early)[0], (*acts)[1]));
 }
 
-TEST(LanguageModel, Gpt2MatchesTheNumpyReference) { ExpectMatchesReference({"", torch::kFloat, 1}); }
+TEST(LanguageModel, Gpt2MatchesTheNumpyReference) { ExpectMatchesReference(Gpt2(), {}); }
 
 TEST(LanguageModel, Gpt2WithPrefixedBf16ShardedWeightsMatchesTheNumpyReference) {
-  ExpectMatchesReference({"transformer.", torch::kBFloat16, 2});
+  ExpectMatchesReference(Gpt2(), {"transformer.", torch::kBFloat16, 2});
+}
+
+TEST(LanguageModel, GptNeoxParallelAndSequentialMatchTheNumpyReference) {
+  ExpectMatchesReference(GptNeox(/*parallel_residual=*/true), {"gpt_neox.", torch::kFloat, 1});
+  ExpectMatchesReference(GptNeox(/*parallel_residual=*/false), {"", torch::kHalf, 2});
+}
+
+TEST(LanguageModel, LlamaAndQwen2MatchTheNumpyReference) {
+  ExpectMatchesReference(Llama("llama"), {"model.", torch::kFloat, 1});
+  ExpectMatchesReference(Llama("qwen2"), {"model.", torch::kBFloat16, 3});
 }
 
 TEST(LanguageModel, HookpointsInSaeLensAndSparsifyForms) {
@@ -162,12 +261,12 @@ TEST(LanguageModel, BadModelsAndRequestsAreNamed) {
     return m.ok() ? std::string("OK") : std::string(m.status().message());
   };
   EXPECT_THAT(error(dir / "nowhere"), HasSubstr("model directory " + (dir / "nowhere") + " does not exist"));
-  WriteGpt2(dir / "missing", {}, /*drop=*/"h.1.mlp.c_fc.bias");
+  WriteModel(dir / "missing", Gpt2(), {}, /*drop=*/"h.1.mlp.c_fc.bias");
   EXPECT_THAT(error(dir / "missing"), HasSubstr("tensor \"h.1.mlp.c_fc.bias\" is missing"));
-  WriteGpt2(dir / "misshapen", {}, "", /*misshape=*/"h.0.attn.c_proj.weight");
+  WriteModel(dir / "misshapen", Gpt2(), {}, "", /*misshape=*/"h.0.attn.c_proj.weight");
   EXPECT_THAT(error(dir / "misshapen"), HasSubstr("tensor \"h.0.attn.c_proj.weight\" in " + (dir / "misshapen") +
                                                   "/model.safetensors is [32, 33], the config wants [32, 32]"));
-  WriteGpt2(dir / "other", {});
+  WriteModel(dir / "other", Gpt2(), {});
   std::ofstream(dir / "other/config.json") << R"({"model_type": "bert", "n_layer": 1})";
   EXPECT_THAT(error(dir / "other"), HasSubstr("model_type \"bert\" is not supported"));
   std::ofstream(dir / "other/config.json") << "{not json";
@@ -176,7 +275,7 @@ TEST(LanguageModel, BadModelsAndRequestsAreNamed) {
   std::ofstream(dir / "empty/config.json") << R"({"model_type": "gpt2"})";
   EXPECT_THAT(error(dir / "empty"), HasSubstr("has neither model.safetensors nor model.safetensors.index.json"));
 
-  WriteGpt2(dir / "good", {});
+  WriteModel(dir / "good", Gpt2(), {});
   auto model = LoadLanguageModel(dir / "good");
   ASSERT_TRUE(model.ok()) << model.status();
   auto h = ParseHookpoint("h.0", kLayers);
@@ -185,6 +284,13 @@ TEST(LanguageModel, BadModelsAndRequestsAreNamed) {
               HasSubstr("context length 25 exceeds the model's n_positions 24"));
   EXPECT_THAT(std::string((*model)->Forward(torch::full({1, 4}, kVocab, torch::kLong), {*h}).status().message()),
               HasSubstr("outside the vocabulary of 50"));
+  // Llama: rope_scaling is refused rather than ignored; a missing untied head is named.
+  ModelSpec scaled = Llama("llama");
+  scaled.config["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+  WriteModel(dir / "scaled", scaled, {});
+  EXPECT_THAT(error(dir / "scaled"), HasSubstr("rope_scaling is not supported"));
+  WriteModel(dir / "headless", Llama("llama"), {}, /*drop=*/"lm_head.weight");
+  EXPECT_THAT(error(dir / "headless"), HasSubstr("tensor \"lm_head.weight\" is missing"));
 }
 
 }  // namespace

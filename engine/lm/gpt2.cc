@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "engine/lm/transformer_ops.h"
 
 namespace saegrid {
 namespace {
@@ -45,47 +46,31 @@ class Gpt2 : public LanguageModel {
   absl::StatusOr<std::vector<torch::Tensor>> Forward(const torch::Tensor& ids, const std::vector<Hookpoint>& hooks,
                                                       torch::Tensor* logits) const override {
     torch::NoGradGuard no_grad;
-    if (ids.dim() != 2) return absl::InvalidArgumentError("GPT-2 forward: token ids must be [batch, context]");
+    SAEGRID_RETURN_IF_ERROR(lm::CheckTokens(ids, vocab_, positions_, "n_positions"));
     const int64_t batch = ids.size(0), context = ids.size(1);
-    if (context > positions_) {
-      return absl::InvalidArgumentError(absl::StrCat("context length ", context, " exceeds the model's n_positions ", positions_));
-    }
-    if (ids.numel() > 0 && (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= vocab_)) {
-      return absl::InvalidArgumentError(absl::StrCat("token ids outside the vocabulary of ", vocab_));
-    }
-    int64_t last = logits != nullptr ? num_layers() - 1 : -1;
-    for (const auto& h : hooks) last = std::max(last, h.layer);
-    std::vector<torch::Tensor> out(hooks.size());
-    auto take = [&](int64_t layer, Hookpoint::Kind kind, const torch::Tensor& value) {
-      for (size_t i = 0; i < hooks.size(); ++i) {
-        if (hooks[i].layer == layer && hooks[i].kind == kind) out[i] = value.clone();
-      }
-    };
+    lm::HookCollector hooks_out(hooks);
+    const int64_t last = logits != nullptr ? num_layers() - 1 : hooks_out.last_layer();
     auto x = wte_.index_select(0, ids.reshape(-1)).view({batch, context, d_}) +
              wpe_.narrow(0, 0, context).unsqueeze(0);
-    const auto causal = torch::ones({context, context}, ids.options().dtype(torch::kBool)).tril();
     const int64_t head_dim = d_ / heads_;
     for (int64_t l = 0; l <= last; ++l) {
       const Block& b = blocks_[l];
-      take(l, Hookpoint::Kind::kResidPre, x);
+      hooks_out.Offer(l, Hookpoint::Kind::kResidPre, x);
       const auto qkv = b.attn(LayerNorm(x, b.ln_1));
+      // GPT-2's fused projection is [q | k | v], each d wide, heads within each.
       auto split = [&](int64_t part) {
         return qkv.narrow(2, part * d_, d_).view({batch, context, heads_, head_dim}).transpose(1, 2);
       };
-      const auto q = split(0), k = split(1), v = split(2);
-      auto scores = torch::matmul(q, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(head_dim));
-      scores = scores.masked_fill(causal.logical_not(), -std::numeric_limits<float>::infinity());
-      const auto attended = torch::matmul(torch::softmax(scores, -1), v).transpose(1, 2).reshape({batch, context, d_});
-      const auto attn_out = b.attn_proj(attended);
-      take(l, Hookpoint::Kind::kAttnOut, attn_out);
+      const auto attn_out = b.attn_proj(lm::CausalSelfAttention(split(0), split(1), split(2)));
+      hooks_out.Offer(l, Hookpoint::Kind::kAttnOut, attn_out);
       x = x + attn_out;
       const auto mlp_out = b.fc_proj(Activation(b.fc(LayerNorm(x, b.ln_2))));
-      take(l, Hookpoint::Kind::kMlpOut, mlp_out);
+      hooks_out.Offer(l, Hookpoint::Kind::kMlpOut, mlp_out);
       x = x + mlp_out;
-      take(l, Hookpoint::Kind::kResidPost, x);
+      hooks_out.Offer(l, Hookpoint::Kind::kResidPost, x);
     }
     if (logits != nullptr) *logits = torch::matmul(LayerNorm(x, ln_f_), wte_.t());
-    return out;
+    return hooks_out.Take();
   }
 
   static absl::StatusOr<std::unique_ptr<LanguageModel>> Load(const HfCheckpoint& c, torch::Device device) {
