@@ -11,9 +11,12 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <cmath>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "engine/lm/hf_checkpoint.h"
 #include "engine/lm/language_model.h"
 #include "engine/npy.h"
 #include "engine/safetensors.h"
@@ -234,6 +237,39 @@ TEST(LanguageModel, GptNeoxParallelAndSequentialMatchTheNumpyReference) {
 TEST(LanguageModel, LlamaAndQwen2MatchTheNumpyReference) {
   ExpectMatchesReference(Llama("llama"), {"model.", torch::kFloat, 1});
   ExpectMatchesReference(Llama("qwen2"), {"model.", torch::kBFloat16, 3});
+}
+
+// Seed 004's control: the architecture with its own untrained initialisation, from a seed; the
+// embeddings kept as stored unless asked.
+TEST(LanguageModel, RandomisedWeightsFollowTheSeedAndKeepTheEmbeddingsUnlessAsked) {
+  TempDir dir;
+  WriteModel(dir / "model", Gpt2(), {});
+  auto h0 = ParseHookpoint("blocks.0.hook_resid_pre", kLayers);
+  auto h2 = ParseHookpoint("blocks.2.hook_resid_post", kLayers);
+  ASSERT_TRUE(h0.ok() && h2.ok());
+  const auto ids = torch::randint(0, kVocab, {2, 12}, torch::kLong);
+  auto run = [&](const RandomWeights* random) {
+    auto model = LoadLanguageModel(dir / "model", torch::kCPU, random);
+    EXPECT_TRUE(model.ok()) << model.status();
+    torch::Tensor logits;
+    auto acts = (*model)->Forward(ids, {*h0, *h2}, &logits);
+    EXPECT_TRUE(acts.ok());
+    return std::make_tuple((*acts)[0], (*acts)[1], logits);
+  };
+  const auto [trained_pre, trained_post, trained_logits] = run(nullptr);
+  RandomWeights random{true, 7, false};
+  const auto [pre, post, logits] = run(&random);
+  EXPECT_TRUE(torch::equal(pre, trained_pre)) << "embeddings are kept";
+  EXPECT_GT(RelativeError(post, trained_post), 0.5);
+  const auto [pre_again, post_again, logits_again] = run(&random);
+  EXPECT_TRUE(torch::equal(post_again, post));  // the seed decides
+  random.seed = 8;
+  EXPECT_FALSE(torch::equal(std::get<1>(run(&random)), post));
+  random.embeddings_too = true;
+  const auto [random_pre, random_post, random_logits] = run(&random);
+  EXPECT_GT(RelativeError(random_pre, trained_pre), 0.5);
+  // wte + wpe, each N(0, 0.02^2): the residual stream's entries have std 0.02 sqrt(2).
+  EXPECT_NEAR(random_pre.std().item<double>(), 0.02 * std::sqrt(2.0), 0.004);
 }
 
 TEST(LanguageModel, HookpointsInSaeLensAndSparsifyForms) {

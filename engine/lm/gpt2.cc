@@ -92,33 +92,37 @@ class Gpt2 : public LanguageModel {
       return absl::InvalidArgumentError(absl::StrCat(c.dir(), "/config.json: n_embd ", m->d_, " is not a multiple of n_head ", m->heads_));
     }
     const int64_t d = m->d_;
-    auto get = [&](const std::string& name, std::vector<int64_t> shape) -> absl::StatusOr<torch::Tensor> {
-      SAEGRID_ASSIGN_OR_RETURN(auto t, c.Tensor(name, kPrefixes, shape));
+    // Hugging Face's GPT-2 initialisation, for the randomised-weights control: N(0, 0.02^2)
+    // (initializer_range), the residual output projections scaled by 1/sqrt(2 n_layer).
+    SAEGRID_ASSIGN_OR_RETURN(const double std, c.ConfigNumber("initializer_range", 0.02));
+    const double residual_std = std / std::sqrt(2.0 * static_cast<double>(std::max<int64_t>(layers, 1)));
+    auto get = [&](const std::string& name, std::vector<int64_t> shape, const TensorInit& init) -> absl::StatusOr<torch::Tensor> {
+      SAEGRID_ASSIGN_OR_RETURN(auto t, c.Tensor(name, kPrefixes, shape, init));
       return t.to(device);
     };
     auto norm = [&](const std::string& name) -> absl::StatusOr<Norm> {
       Norm n;
-      SAEGRID_ASSIGN_OR_RETURN(n.weight, get(name + ".weight", {d}));
-      SAEGRID_ASSIGN_OR_RETURN(n.bias, get(name + ".bias", {d}));
+      SAEGRID_ASSIGN_OR_RETURN(n.weight, get(name + ".weight", {d}, TensorInit::Ones()));
+      SAEGRID_ASSIGN_OR_RETURN(n.bias, get(name + ".bias", {d}, TensorInit::Zeros()));
       return n;
     };
-    auto linear = [&](const std::string& name, int64_t in, int64_t out) -> absl::StatusOr<Linear> {
+    auto linear = [&](const std::string& name, int64_t in, int64_t out, double init_std) -> absl::StatusOr<Linear> {
       Linear li;
-      SAEGRID_ASSIGN_OR_RETURN(li.weight, get(name + ".weight", {in, out}));
-      SAEGRID_ASSIGN_OR_RETURN(li.bias, get(name + ".bias", {out}));
+      SAEGRID_ASSIGN_OR_RETURN(li.weight, get(name + ".weight", {in, out}, TensorInit::Normal(init_std)));
+      SAEGRID_ASSIGN_OR_RETURN(li.bias, get(name + ".bias", {out}, TensorInit::Zeros()));
       return li;
     };
-    SAEGRID_ASSIGN_OR_RETURN(m->wte_, get("wte.weight", {m->vocab_, d}));
-    SAEGRID_ASSIGN_OR_RETURN(m->wpe_, get("wpe.weight", {m->positions_, d}));
+    SAEGRID_ASSIGN_OR_RETURN(m->wte_, get("wte.weight", {m->vocab_, d}, TensorInit::Embedding(std)));
+    SAEGRID_ASSIGN_OR_RETURN(m->wpe_, get("wpe.weight", {m->positions_, d}, TensorInit::Embedding(std)));
     for (int64_t l = 0; l < layers; ++l) {
       const std::string p = absl::StrCat("h.", l, ".");
       Block b;
       SAEGRID_ASSIGN_OR_RETURN(b.ln_1, norm(p + "ln_1"));
       SAEGRID_ASSIGN_OR_RETURN(b.ln_2, norm(p + "ln_2"));
-      SAEGRID_ASSIGN_OR_RETURN(b.attn, linear(p + "attn.c_attn", d, 3 * d));
-      SAEGRID_ASSIGN_OR_RETURN(b.attn_proj, linear(p + "attn.c_proj", d, d));
-      SAEGRID_ASSIGN_OR_RETURN(b.fc, linear(p + "mlp.c_fc", d, inner));
-      SAEGRID_ASSIGN_OR_RETURN(b.fc_proj, linear(p + "mlp.c_proj", inner, d));
+      SAEGRID_ASSIGN_OR_RETURN(b.attn, linear(p + "attn.c_attn", d, 3 * d, std));
+      SAEGRID_ASSIGN_OR_RETURN(b.attn_proj, linear(p + "attn.c_proj", d, d, residual_std));
+      SAEGRID_ASSIGN_OR_RETURN(b.fc, linear(p + "mlp.c_fc", d, inner, std));
+      SAEGRID_ASSIGN_OR_RETURN(b.fc_proj, linear(p + "mlp.c_proj", inner, d, residual_std));
       m->blocks_.push_back(std::move(b));
     }
     SAEGRID_ASSIGN_OR_RETURN(m->ln_f_, norm("ln_f"));

@@ -99,23 +99,26 @@ class GptNeox : public LanguageModel {
       return absl::InvalidArgumentError(absl::StrCat(c.dir(), "/config.json: rotary_pct gives ", m->rotary_dims_,
                                                      " rotary dimensions per head; they must be even"));
     }
-    auto get = [&](const std::string& name, std::vector<int64_t> shape) -> absl::StatusOr<torch::Tensor> {
-      SAEGRID_ASSIGN_OR_RETURN(auto t, c.Tensor(name, kPrefixes, shape));
+    // Hugging Face's GPT-NeoX initialisation (the randomised-weights control): N(0, std^2) for
+    // linear and embedding weights, zero biases, unit LayerNorms.
+    SAEGRID_ASSIGN_OR_RETURN(const double std, c.ConfigNumber("initializer_range", 0.02));
+    auto get = [&](const std::string& name, std::vector<int64_t> shape, const TensorInit& init) -> absl::StatusOr<torch::Tensor> {
+      SAEGRID_ASSIGN_OR_RETURN(auto t, c.Tensor(name, kPrefixes, shape, init));
       return t.to(device);
     };
     auto norm = [&](const std::string& name) -> absl::StatusOr<Norm> {
       Norm n;
-      SAEGRID_ASSIGN_OR_RETURN(n.weight, get(name + ".weight", {d}));
-      SAEGRID_ASSIGN_OR_RETURN(n.bias, get(name + ".bias", {d}));
+      SAEGRID_ASSIGN_OR_RETURN(n.weight, get(name + ".weight", {d}, TensorInit::Ones()));
+      SAEGRID_ASSIGN_OR_RETURN(n.bias, get(name + ".bias", {d}, TensorInit::Zeros()));
       return n;
     };
     auto linear = [&](const std::string& name, int64_t in, int64_t out) -> absl::StatusOr<Linear> {
       Linear li;
-      SAEGRID_ASSIGN_OR_RETURN(li.weight, get(name + ".weight", {out, in}));
-      SAEGRID_ASSIGN_OR_RETURN(li.bias, get(name + ".bias", {out}));
+      SAEGRID_ASSIGN_OR_RETURN(li.weight, get(name + ".weight", {out, in}, TensorInit::Normal(std)));
+      SAEGRID_ASSIGN_OR_RETURN(li.bias, get(name + ".bias", {out}, TensorInit::Zeros()));
       return li;
     };
-    SAEGRID_ASSIGN_OR_RETURN(m->embed_in_, get("embed_in.weight", {m->vocab_, d}));
+    SAEGRID_ASSIGN_OR_RETURN(m->embed_in_, get("embed_in.weight", {m->vocab_, d}, TensorInit::Embedding(std)));
     for (int64_t l = 0; l < layers; ++l) {
       const std::string p = absl::StrCat("layers.", l, ".");
       Block b;
@@ -128,7 +131,7 @@ class GptNeox : public LanguageModel {
       m->blocks_.push_back(std::move(b));
     }
     SAEGRID_ASSIGN_OR_RETURN(m->final_norm_, norm("final_layer_norm"));
-    SAEGRID_ASSIGN_OR_RETURN(m->embed_out_, get("embed_out.weight", {m->vocab_, d}));
+    SAEGRID_ASSIGN_OR_RETURN(m->embed_out_, get("embed_out.weight", {m->vocab_, d}, TensorInit::Normal(std)));
     return std::unique_ptr<LanguageModel>(std::move(m));
   }
 

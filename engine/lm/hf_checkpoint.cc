@@ -1,5 +1,6 @@
 #include "engine/lm/hf_checkpoint.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -101,7 +102,7 @@ bool HfCheckpoint::Has(const std::string& name, const std::vector<std::string>& 
 }
 
 absl::StatusOr<torch::Tensor> HfCheckpoint::Tensor(const std::string& name, const std::vector<std::string>& prefixes,
-                                                   const std::vector<int64_t>& shape) const {
+                                                   const std::vector<int64_t>& shape, const TensorInit& init) const {
   std::string found;
   if (file_of_.count(name)) {
     found = name;
@@ -127,7 +128,20 @@ absl::StatusOr<torch::Tensor> HfCheckpoint::Tensor(const std::string& name, cons
   if (!tensor->is_floating_point()) {
     return absl::InvalidArgumentError(absl::StrCat("model ", dir_, ": tensor \"", found, "\" is not floating point"));
   }
-  return tensor->to(torch::kFloat);
+  if (!random_.enabled || (init.embedding && !random_.embeddings_too)) return tensor->to(torch::kFloat);
+  switch (init.kind) {
+    case TensorInit::Kind::kOnes:
+      return torch::ones(shape, torch::kFloat);
+    case TensorInit::Kind::kZeros:
+      return torch::zeros(shape, torch::kFloat);
+    case TensorInit::Kind::kNormal:
+      break;
+  }
+  // FNV-1a of the name: a seed per tensor that does not depend on the platform's std::hash.
+  uint64_t hash = 1469598103934665603ull;
+  for (unsigned char ch : name) hash = (hash ^ ch) * 1099511628211ull;
+  auto generator = at::detail::createCPUGenerator(random_.seed ^ hash);
+  return torch::randn(shape, generator, torch::kFloat) * init.std;
 }
 
 }  // namespace saegrid

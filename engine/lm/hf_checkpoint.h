@@ -19,6 +19,27 @@
 
 namespace saegrid {
 
+// How an architecture initialises a tensor: what the randomised-weights control draws instead of
+// the stored values (seed 004's control: the same architecture with untrained weights).
+struct TensorInit {
+  enum class Kind { kNormal, kOnes, kZeros };
+  Kind kind = Kind::kNormal;
+  double std = 0.02;       // kNormal: N(0, std^2)
+  bool embedding = false;  // kept as stored unless embeddings are randomised too
+  static TensorInit Normal(double std) { return {Kind::kNormal, std, false}; }
+  static TensorInit Embedding(double std) { return {Kind::kNormal, std, true}; }
+  static TensorInit Ones() { return {Kind::kOnes, 0, false}; }
+  static TensorInit Zeros() { return {Kind::kZeros, 0, false}; }
+};
+
+// The randomised-weights control: every tensor re-drawn by its architecture's initialisation,
+// from `seed` and the tensor's name (so a tensor's values do not depend on the load order).
+struct RandomWeights {
+  bool enabled = false;
+  uint64_t seed = 0;
+  bool embeddings_too = false;  // also the token (and position) embeddings
+};
+
 class HfCheckpoint {
  public:
   static absl::StatusOr<std::unique_ptr<HfCheckpoint>> Open(const std::string& dir);
@@ -33,9 +54,13 @@ class HfCheckpoint {
 
   // Whether `name` exists, as given or behind one of `prefixes`.
   bool Has(const std::string& name, const std::vector<std::string>& prefixes) const;
-  // The tensor `name` (as given or behind one of `prefixes`) as float32 of exactly `shape`.
+  // The tensor `name` (as given or behind one of `prefixes`) as float32 of exactly `shape`; with
+  // random weights set, drawn by `init` instead (the stored tensor must still exist and fit).
   absl::StatusOr<torch::Tensor> Tensor(const std::string& name, const std::vector<std::string>& prefixes,
-                                       const std::vector<int64_t>& shape) const;
+                                       const std::vector<int64_t>& shape, const TensorInit& init = {}) const;
+
+  void set_random_weights(const RandomWeights& random) { random_ = random; }
+  const RandomWeights& random_weights() const { return random_; }
 
  private:
   HfCheckpoint() = default;
@@ -43,6 +68,7 @@ class HfCheckpoint {
   nlohmann::json config_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, size_t> file_of_;  // tensor name -> index into files_
+  RandomWeights random_;
 };
 
 }  // namespace saegrid

@@ -8,9 +8,11 @@
 
 namespace saegrid {
 
-absl::StatusOr<std::unique_ptr<LanguageModel>> LoadLanguageModel(const std::string& dir, torch::Device device) {
+absl::StatusOr<std::unique_ptr<LanguageModel>> LoadLanguageModel(const std::string& dir, torch::Device device,
+                                                                  const RandomWeights* random) {
   auto checkpoint = HfCheckpoint::Open(dir);
   if (!checkpoint.ok()) return checkpoint.status();
+  if (random != nullptr) (*checkpoint)->set_random_weights(*random);
   const std::string type = (*checkpoint)->model_type();
   if (type == "gpt2") return LoadGpt2(**checkpoint, device);
   if (type == "gpt_neox") return LoadGptNeox(**checkpoint, device);

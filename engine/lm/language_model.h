@@ -50,10 +50,15 @@ class LanguageModel {
                                                               torch::Tensor* logits = nullptr) const = 0;
 };
 
+struct RandomWeights;
+
 // Loads the model in directory `dir` (config.json + model.safetensors or a sharded
 // model.safetensors.index.json; F32, F16 or BF16 weights, held as float32) onto `device`. An
 // unsupported model_type, a missing or misshapen tensor: an error that names it and the file.
+// `random` (engine/lm/hf_checkpoint.h): the randomised-weights control instead of the stored
+// values.
 absl::StatusOr<std::unique_ptr<LanguageModel>> LoadLanguageModel(const std::string& dir,
-                                                                  torch::Device device = torch::kCPU);
+                                                                  torch::Device device = torch::kCPU,
+                                                                  const RandomWeights* random = nullptr);
 
 }  // namespace saegrid

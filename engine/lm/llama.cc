@@ -91,24 +91,27 @@ class Llama : public LanguageModel {
       SAEGRID_ASSIGN_OR_RETURN(m->sliding_window_, c.ConfigInt("sliding_window"));
     }
     const int64_t d = m->d_, q_width = m->heads_ * m->head_dim_, kv_width = m->kv_heads_ * m->head_dim_;
-    auto get = [&](const std::string& name, std::vector<int64_t> shape) -> absl::StatusOr<torch::Tensor> {
-      SAEGRID_ASSIGN_OR_RETURN(auto t, c.Tensor(name, kPrefixes, shape));
+    // Hugging Face's Llama initialisation (the randomised-weights control): N(0, std^2) for linear
+    // and embedding weights, zero biases, unit RMSNorms.
+    SAEGRID_ASSIGN_OR_RETURN(const double std, c.ConfigNumber("initializer_range", 0.02));
+    auto get = [&](const std::string& name, std::vector<int64_t> shape, const TensorInit& init) -> absl::StatusOr<torch::Tensor> {
+      SAEGRID_ASSIGN_OR_RETURN(auto t, c.Tensor(name, kPrefixes, shape, init));
       return t.to(device);
     };
     auto linear = [&](const std::string& name, int64_t in, int64_t out) -> absl::StatusOr<Linear> {
       Linear li;
-      SAEGRID_ASSIGN_OR_RETURN(li.weight, get(name + ".weight", {out, in}));
+      SAEGRID_ASSIGN_OR_RETURN(li.weight, get(name + ".weight", {out, in}, TensorInit::Normal(std)));
       if (c.Has(name + ".bias", kPrefixes)) {
-        SAEGRID_ASSIGN_OR_RETURN(li.bias, get(name + ".bias", {out}));
+        SAEGRID_ASSIGN_OR_RETURN(li.bias, get(name + ".bias", {out}, TensorInit::Zeros()));
       }
       return li;
     };
-    SAEGRID_ASSIGN_OR_RETURN(m->embed_, get("embed_tokens.weight", {m->vocab_, d}));
+    SAEGRID_ASSIGN_OR_RETURN(m->embed_, get("embed_tokens.weight", {m->vocab_, d}, TensorInit::Embedding(std)));
     for (int64_t l = 0; l < layers; ++l) {
       const std::string p = absl::StrCat("layers.", l, ".");
       Block b;
-      SAEGRID_ASSIGN_OR_RETURN(b.input_norm, get(p + "input_layernorm.weight", {d}));
-      SAEGRID_ASSIGN_OR_RETURN(b.post_attention_norm, get(p + "post_attention_layernorm.weight", {d}));
+      SAEGRID_ASSIGN_OR_RETURN(b.input_norm, get(p + "input_layernorm.weight", {d}, TensorInit::Ones()));
+      SAEGRID_ASSIGN_OR_RETURN(b.post_attention_norm, get(p + "post_attention_layernorm.weight", {d}, TensorInit::Ones()));
       SAEGRID_ASSIGN_OR_RETURN(b.q, linear(p + "self_attn.q_proj", d, q_width));
       SAEGRID_ASSIGN_OR_RETURN(b.k, linear(p + "self_attn.k_proj", d, kv_width));
       SAEGRID_ASSIGN_OR_RETURN(b.v, linear(p + "self_attn.v_proj", d, kv_width));
@@ -118,11 +121,11 @@ class Llama : public LanguageModel {
       SAEGRID_ASSIGN_OR_RETURN(b.down, linear(p + "mlp.down_proj", inner, d));
       m->blocks_.push_back(std::move(b));
     }
-    SAEGRID_ASSIGN_OR_RETURN(m->final_norm_, get("norm.weight", {d}));
+    SAEGRID_ASSIGN_OR_RETURN(m->final_norm_, get("norm.weight", {d}, TensorInit::Ones()));
     if (j.value("tie_word_embeddings", false)) {
       m->lm_head_ = m->embed_;
     } else {
-      SAEGRID_ASSIGN_OR_RETURN(m->lm_head_, get("lm_head.weight", {m->vocab_, d}));
+      SAEGRID_ASSIGN_OR_RETURN(m->lm_head_, get("lm_head.weight", {m->vocab_, d}, TensorInit::Normal(std)));
     }
     return std::unique_ptr<LanguageModel>(std::move(m));
   }
