@@ -16,7 +16,11 @@
 #include <tuple>
 #include <vector>
 
+#include "engine/config.h"
+#include "engine/data/activation_source.h"
+#include "engine/lm/harvest.h"
 #include "engine/lm/hf_checkpoint.h"
+#include "engine/lm/token_file.h"
 #include "engine/lm/language_model.h"
 #include "engine/npy.h"
 #include "engine/safetensors.h"
@@ -270,6 +274,79 @@ TEST(LanguageModel, RandomisedWeightsFollowTheSeedAndKeepTheEmbeddingsUnlessAske
   EXPECT_GT(RelativeError(random_pre, trained_pre), 0.5);
   // wte + wpe, each N(0, 0.02^2): the residual stream's entries have std 0.02 sqrt(2).
   EXPECT_NEAR(random_pre.std().item<double>(), 0.02 * std::sqrt(2.0), 0.004);
+}
+
+// Cached activations: shards by sequence range, excluded positions left out, a manifest the data
+// path reads, and a resume that redoes no finished shard.
+TEST(Harvest, ShardsHoldTheHookpointsActivationsAndAKilledHarvestResumes) {
+  TempDir dir;
+  WriteModel(dir / "model", Gpt2(), {});
+  auto model = LoadLanguageModel(dir / "model");
+  ASSERT_TRUE(model.ok()) << model.status();
+  torch::manual_seed(5);
+  auto ids = torch::randint(1, kVocab, {10, 8}, torch::kLong);
+  ids.select(1, 0).fill_(0);  // a BOS at every sequence start
+  std::vector<uint16_t> flat(ids.numel());
+  for (int64_t i = 0; i < ids.numel(); ++i) flat[i] = static_cast<uint16_t>(ids.view(-1)[i].item<int64_t>());
+  {
+    std::ofstream out(dir / "tokens.bin", std::ios::binary);
+    out.write(reinterpret_cast<const char*>(flat.data()), static_cast<std::streamsize>(flat.size() * 2));
+  }
+  auto tokens = TokenFile::Open({dir / "tokens.bin", "uint16", 8, kVocab});
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  HarvestOptions options;
+  options.output_dir = dir / "harvest";
+  options.hook = *ParseHookpoint("blocks.1.hook_resid_post", kLayers);
+  options.model_description = dir / "model";
+  options.sequences_per_shard = 4;
+  options.sequences_per_batch = 3;
+  options.excluded_ids = {0};
+  auto done = HarvestActivations(**model, **tokens, options);
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->shards_total, 3);
+  EXPECT_EQ(done->shards_skipped, 0);
+  EXPECT_EQ(done->rows_written, 10 * 7);  // BOS positions left out
+
+  // The shards are the model's activations at the kept positions, in order.
+  auto expected = (*model)->Forward(ids, {options.hook});
+  ASSERT_TRUE(expected.ok());
+  const auto keep = ids.ne(0).reshape(-1);
+  const auto expected_rows = (*expected)[0].reshape({-1, kD}).index({keep});
+  std::vector<torch::Tensor> rows, row_ids;
+  for (int s = 0; s < 3; ++s) {
+    rows.push_back(ReadNpy(dir / ("harvest/shard-0000" + std::to_string(s) + ".npy")));
+    auto t = OpenNpy(dir / ("harvest/shard-0000" + std::to_string(s) + ".tokens.npy"));
+    ASSERT_TRUE(t.ok());
+    row_ids.push_back(torch::from_blob(const_cast<uint8_t*>(t->data()), t->shape, torch::kLong).clone());
+  }
+  // The same activations; batches of 3 sequences against one of 10 differ in BLAS rounding only.
+  EXPECT_LT(RelativeError(torch::cat(rows), expected_rows), 1e-6);
+  EXPECT_TRUE(torch::equal(torch::cat(row_ids), ids.reshape(-1).index({keep})));
+  // The training data path reads the manifest.
+  DataConfig data;
+  data.path = dir / "harvest/manifest.json";
+  data.batch_size = 16;
+  data.block_rows = 8;
+  data.eval_fraction = 0;
+  auto source = OpenActivationSource(data);
+  ASSERT_TRUE(source.ok()) << source.status();
+  EXPECT_EQ((*source)->d_in(), kD);
+
+  // Killed while writing shard 1: shards 0 and 2 are kept as they are, shard 1 is redone.
+  const std::string first = dir / "harvest/shard-00000.npy";
+  const auto first_written = std::filesystem::last_write_time(first);
+  std::filesystem::remove(dir / "harvest/shard-00001.npy");
+  auto resumed = HarvestActivations(**model, **tokens, options);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->shards_skipped, 2);
+  EXPECT_EQ(resumed->rows_written, 4 * 7);
+  EXPECT_EQ(std::filesystem::last_write_time(first), first_written);
+  EXPECT_TRUE(torch::equal(ReadNpy(dir / "harvest/shard-00001.npy"), rows[1]));
+  // Another harvest into the same directory is refused.
+  options.hook = *ParseHookpoint("blocks.0.hook_mlp_out", kLayers);
+  auto other = HarvestActivations(**model, **tokens, options);
+  ASSERT_FALSE(other.ok());
+  EXPECT_THAT(std::string(other.status().message()), HasSubstr("describes another harvest"));
 }
 
 TEST(LanguageModel, HookpointsInSaeLensAndSparsifyForms) {

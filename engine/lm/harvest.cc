@@ -1,0 +1,99 @@
+#include "engine/lm/harvest.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "base/durable_file.h"
+#include "base/status_macros.h"
+#include "engine/npy.h"
+#include "nlohmann/json.hpp"
+
+namespace saegrid {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string ShardName(int64_t i) { return absl::StrFormat("shard-%05d.npy", i); }
+std::string TokensName(int64_t i) { return absl::StrFormat("shard-%05d.tokens.npy", i); }
+
+nlohmann::json Describe(const LanguageModel& model, const TokenFile& tokens, const HarvestOptions& o, int64_t sequences) {
+  return {{"model", o.model_description}, {"model_type", model.model_type()}, {"hookpoint", o.hook.name},
+          {"layer", o.hook.layer}, {"token_file", tokens.path()}, {"context_length", tokens.context_length()},
+          {"sequences", sequences}, {"sequences_per_shard", o.sequences_per_shard},
+          {"excluded_ids", o.excluded_ids}, {"dtype", o.dtype == torch::kHalf ? "float16" : "float32"},
+          {"d_model", model.d_model()}};
+}
+
+}  // namespace
+
+absl::StatusOr<HarvestProgress> HarvestActivations(const LanguageModel& model, const TokenFile& tokens,
+                                                   const HarvestOptions& o,
+                                                   const std::function<void(const HarvestProgress&)>& on_shard) {
+  if (o.sequences_per_shard <= 0 || o.sequences_per_batch <= 0) {
+    return absl::InvalidArgumentError("harvest: sequences_per_shard and sequences_per_batch must be > 0");
+  }
+  if (o.dtype != torch::kFloat && o.dtype != torch::kHalf) {
+    return absl::InvalidArgumentError("harvest: shards are float32 or float16");
+  }
+  const int64_t sequences = o.max_sequences > 0 ? std::min(o.max_sequences, tokens.num_sequences()) : tokens.num_sequences();
+  std::error_code ec;
+  fs::create_directories(o.output_dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("harvest: cannot create ", o.output_dir, ": ", ec.message()));
+  const nlohmann::json description = Describe(model, tokens, o, sequences);
+  const std::string description_path = (fs::path(o.output_dir) / "harvest.json").string();
+  if (fs::exists(description_path, ec)) {
+    std::ifstream in(description_path);
+    const auto existing = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (existing != description) {
+      return absl::FailedPreconditionError(absl::StrCat(description_path, " describes another harvest (",
+                                                        existing.is_discarded() ? "unreadable" : existing.dump(),
+                                                        "); use another output directory"));
+    }
+  } else {
+    SAEGRID_RETURN_IF_ERROR(WriteFileDurably(description_path, description.dump(2)));
+  }
+  HarvestProgress progress;
+  progress.shards_total = (sequences + o.sequences_per_shard - 1) / o.sequences_per_shard;
+  nlohmann::json manifest_shards = nlohmann::json::array();
+  for (int64_t shard = 0; shard < progress.shards_total; ++shard) {
+    const int64_t first = shard * o.sequences_per_shard;
+    const int64_t count = std::min(o.sequences_per_shard, sequences - first);
+    const fs::path shard_path = fs::path(o.output_dir) / ShardName(shard);
+    const fs::path tokens_path = fs::path(o.output_dir) / TokensName(shard);
+    manifest_shards.push_back({{"path", ShardName(shard)}, {"tokens", TokensName(shard)}});
+    // Both files are written atomically, the activations last: with them present the shard is done.
+    if (fs::exists(shard_path, ec) && fs::exists(tokens_path, ec)) {
+      ++progress.shards_done;
+      ++progress.shards_skipped;
+      progress.sequences_done += count;
+      if (on_shard) on_shard(progress);
+      continue;
+    }
+    std::vector<torch::Tensor> rows, ids;
+    for (int64_t begin = first; begin < first + count; begin += o.sequences_per_batch) {
+      SAEGRID_ASSIGN_OR_RETURN(auto batch, tokens.Read(begin, std::min(o.sequences_per_batch, first + count - begin)));
+      SAEGRID_ASSIGN_OR_RETURN(auto acts, model.Forward(batch, {o.hook}));
+      const auto keep = ExcludedPositionMask(batch, o.excluded_ids).logical_not().reshape(-1);
+      rows.push_back(acts[0].reshape({-1, model.d_model()}).index({keep}).to(torch::kCPU).to(o.dtype));
+      ids.push_back(batch.reshape(-1).index({keep}));
+    }
+    const auto x = torch::cat(rows), t = torch::cat(ids);
+    SAEGRID_RETURN_IF_ERROR(WriteNpy(tokens_path.string(), t));
+    SAEGRID_RETURN_IF_ERROR(WriteNpy(shard_path.string(), x));
+    ++progress.shards_done;
+    progress.sequences_done += count;
+    progress.rows_written += x.size(0);
+    if (on_shard) on_shard(progress);
+  }
+  SAEGRID_RETURN_IF_ERROR(WriteFileDurably((fs::path(o.output_dir) / "manifest.json").string(),
+                                           nlohmann::json{{"shards", manifest_shards}}.dump(2)));
+  return progress;
+}
+
+}  // namespace saegrid

@@ -1,0 +1,46 @@
+// Cached activations: a language model run over a token file, the activations of one hookpoint
+// written as .npy shards (with their token ids beside them) and a manifest that the training data
+// path reads (data.path: <dir>/manifest.json). Shard i holds sequences [i S, (i+1) S) of the token
+// file (S = sequences_per_shard), minus the excluded positions, so a shard's content depends only
+// on its number: a harvest that was killed resumes by skipping the shards already written (each
+// is written atomically) and redoes none of them.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/lm/language_model.h"
+#include "engine/lm/token_file.h"
+
+namespace saegrid {
+
+struct HarvestOptions {
+  std::string output_dir;
+  Hookpoint hook;
+  std::string model_description;       // recorded in harvest.json (e.g. the model directory)
+  int64_t sequences_per_shard = 256;
+  int64_t sequences_per_batch = 8;     // model batch
+  int64_t max_sequences = 0;           // 0: the whole token file
+  std::vector<int64_t> excluded_ids;   // positions holding these ids are left out (BOS, ...)
+  torch::ScalarType dtype = torch::kFloat;  // the shards' dtype: float32 or float16
+};
+
+struct HarvestProgress {
+  int64_t shards_total = 0;
+  int64_t shards_done = 0;     // written now or found from an earlier run
+  int64_t shards_skipped = 0;  // found from an earlier run
+  int64_t sequences_done = 0;
+  int64_t rows_written = 0;    // activation rows written by this run
+};
+
+// Runs the harvest; `on_shard` (optional) is called after each shard. An existing harvest.json
+// that describes another harvest (model, hookpoint, context, shard size, exclusions, dtype) is
+// an error rather than a mix of two harvests in one directory.
+absl::StatusOr<HarvestProgress> HarvestActivations(const LanguageModel& model, const TokenFile& tokens,
+                                                   const HarvestOptions& options,
+                                                   const std::function<void(const HarvestProgress&)>& on_shard = nullptr);
+
+}  // namespace saegrid
