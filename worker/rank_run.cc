@@ -295,7 +295,9 @@ void RankRun::Run() {
   if (!child.ok()) return Report(v1::RANK_OUTCOME_FAILED, -1, std::string(child.status().message()));
 
   const bool leader = assignment_.rank() == 0;
-  int64_t metrics_offset = 0, reported_step = -1;
+  // The coordinator knows where the attempt starts; the first step trained past it is reported
+  // as soon as it is seen, later ones at most once a second.
+  int64_t metrics_offset = 0, reported_step = progress_.step();
   absl::Time last_report = absl::InfinitePast();
   bool signalled = false;
   std::optional<ExitStatus> exit;
