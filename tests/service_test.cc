@@ -450,7 +450,10 @@ TEST(Service, KilledWorkerRestartsTheJobFromItsLastCheckpoint) {
   for (const auto& a : done.attempts()) consumed += a.last_tokens() - a.start_tokens();
   EXPECT_EQ(done.tokens_consumed(), consumed);
   EXPECT_EQ(done.attempts(done.attempts_size() - 1).last_tokens(), int64_t{steps} * 256);
-  EXPECT_GT(done.tokens_consumed(), int64_t{steps} * 256);
+  // At least the whole run: a kill right after a checkpoint loses nothing, since a checkpoint step
+  // is a reporting step and the last reported step can be the checkpoint's.
+  EXPECT_GE(done.tokens_consumed(), int64_t{steps} * 256);
+  EXPECT_GE(first.lost_tokens(), 0);
   EXPECT_EQ(first.lost_tokens(), first.last_tokens() - second.start_tokens());
   bool restart_event = false;
   for (const auto& e : Events(cluster, job_id)) {
