@@ -20,7 +20,8 @@ torch::Tensor ToHost(const torch::Tensor& t);
 int64_t ExplicitHostReads();
 
 // While alive, counts on this thread the explicit reads and the calls of LibTorch operators that
-// synchronise with the device to return a value to the host.
+// synchronise with the device to return a value to the host. One at a time per thread: the implicit count is
+// thread-local and starts again with each counter (explicit reads are counted process-wide).
 class HostSyncCounter {
  public:
   HostSyncCounter();

@@ -17,6 +17,7 @@ namespace saegrid {
 namespace {
 
 using testing::TempDir;
+using testing::Make;
 
 class CudaTraining : public ::testing::Test {
  protected:
@@ -26,12 +27,6 @@ class CudaTraining : public ::testing::Test {
     }
   }
 };
-
-std::unique_ptr<Trainer> Make(const TrainConfig& c) {
-  auto t = Trainer::Create(c);
-  EXPECT_TRUE(t.ok()) << t.status();
-  return t.ok() ? *std::move(t) : nullptr;
-}
 
 // The foundation issue's bar (trainer_test's ExpectToyRecovery), on the GPU with the bf16
 // encoder and the device's own kernels.

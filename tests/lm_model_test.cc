@@ -402,6 +402,15 @@ TEST(LanguageModel, BadModelsAndRequestsAreNamed) {
   scaled.config["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
   WriteModel(dir / "scaled", scaled, {});
   EXPECT_THAT(error(dir / "scaled"), HasSubstr("rope_scaling is not supported"));
+  // Config fields of the wrong type are named, not thrown.
+  ModelSpec wrong_type = Gpt2();
+  wrong_type.config["activation_function"] = 3;
+  WriteModel(dir / "wrong_type", wrong_type, {});
+  EXPECT_THAT(error(dir / "wrong_type"), HasSubstr("config.json: \"activation_function\" must be a string"));
+  ModelSpec wrong_bool = Llama("llama");
+  wrong_bool.config["tie_word_embeddings"] = "yes";
+  WriteModel(dir / "wrong_bool", wrong_bool, {});
+  EXPECT_THAT(error(dir / "wrong_bool"), HasSubstr("\"tie_word_embeddings\" must be true or false"));
   WriteModel(dir / "headless", Llama("llama"), {}, /*drop=*/"lm_head.weight");
   EXPECT_THAT(error(dir / "headless"), HasSubstr("tensor \"lm_head.weight\" is missing"));
 }

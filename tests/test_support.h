@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <torch/types.h>
 
+#include "engine/trainer.h"
 #include "kernels/dispatch.h"
 #include "tests/process_support.h"
 
@@ -19,6 +20,9 @@ namespace saegrid::testing {
 // Norm-wise relative error ||actual - expected|| / max(||expected||, tiny), the tolerance
 // measure the numerical tests state.
 double RelativeError(const torch::Tensor& actual, const torch::Tensor& expected);
+
+// Trainer::Create, failing the test (and returning null) when it does not succeed.
+std::unique_ptr<Trainer> Make(const TrainConfig& config);
 
 // A fixture for suites that run once per kernel implementation a CPU machine has: "cpu"
 // (kernels/cpu/) and "portable" (kernels/portable/, forced; what a device without its own kernels

@@ -25,6 +25,7 @@ namespace {
 
 using ::testing::HasSubstr;
 using testing::TempDir;
+using testing::Make;
 
 TrainConfig SmallConfig(const std::string& out_dir) {
   TrainConfig c;
@@ -49,12 +50,6 @@ TrainConfig SmallConfig(const std::string& out_dir) {
   c.checkpoint.keep_last = 0;
   c.runtime.num_threads = 1;  // bitwise determinism
   return c;
-}
-
-std::unique_ptr<Trainer> Make(const TrainConfig& c) {
-  auto t = Trainer::Create(c);
-  EXPECT_TRUE(t.ok()) << t.status();
-  return t.ok() ? *std::move(t) : nullptr;
 }
 
 TEST(Trainer, ResumeGivesBitwiseIdenticalWeights) {

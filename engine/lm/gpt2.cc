@@ -64,7 +64,7 @@ class Gpt2 : public LanguageModel {
       const auto attn_out = b.attn_proj(lm::CausalSelfAttention(split(0), split(1), split(2)));
       hooks_out.Offer(l, Hookpoint::Kind::kAttnOut, attn_out);
       x = x + attn_out;
-      const auto mlp_out = b.fc_proj(Activation(b.fc(LayerNorm(x, b.ln_2))));
+      const auto mlp_out = b.fc_proj(lm::Gelu(b.fc(LayerNorm(x, b.ln_2)), tanh_gelu_));
       hooks_out.Offer(l, Hookpoint::Kind::kMlpOut, mlp_out);
       x = x + mlp_out;
       hooks_out.Offer(l, Hookpoint::Kind::kResidPost, x);
@@ -82,7 +82,7 @@ class Gpt2 : public LanguageModel {
     SAEGRID_ASSIGN_OR_RETURN(m->positions_, c.ConfigInt("n_positions"));
     SAEGRID_ASSIGN_OR_RETURN(m->eps_, c.ConfigNumber("layer_norm_epsilon", 1e-5));
     SAEGRID_ASSIGN_OR_RETURN(const int64_t inner, c.ConfigInt("n_inner", 4 * m->d_));
-    const auto act = c.config().value("activation_function", std::string("gelu_new"));
+    SAEGRID_ASSIGN_OR_RETURN(const std::string act, c.ConfigString("activation_function", "gelu_new"));
     if (act != "gelu_new" && act != "gelu") {
       return absl::InvalidArgumentError(absl::StrCat(c.dir(), "/config.json: activation_function \"", act,
                                                      "\" is not supported (gelu_new, gelu)"));
@@ -132,11 +132,6 @@ class Gpt2 : public LanguageModel {
  private:
   torch::Tensor LayerNorm(const torch::Tensor& x, const Norm& n) const {
     return torch::layer_norm(x, {d_}, n.weight, n.bias, eps_);
-  }
-  torch::Tensor Activation(const torch::Tensor& x) const {
-    if (!tanh_gelu_) return torch::gelu(x);
-    // GPT-2's "gelu_new": the tanh approximation, written out (LibTorch 1.13 has gelu(approximate)).
-    return 0.5 * x * (1 + torch::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x.pow(3))));
   }
 
   std::string type_ = "gpt2";

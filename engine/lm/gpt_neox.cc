@@ -53,7 +53,7 @@ class GptNeox : public LanguageModel {
       const auto attn_out = b.dense(lm::CausalSelfAttention(q, k, part(2)));
       out.Offer(l, Hookpoint::Kind::kAttnOut, attn_out);
       const auto mlp_input = parallel_residual_ ? x : x + attn_out;
-      const auto mlp_out = b.down(Activation(b.up(Norm_(mlp_input, b.post_attention_norm))));
+      const auto mlp_out = b.down(lm::Gelu(b.up(Norm_(mlp_input, b.post_attention_norm)), tanh_gelu_));
       out.Offer(l, Hookpoint::Kind::kMlpOut, mlp_out);
       x = x + attn_out + mlp_out;
       out.Offer(l, Hookpoint::Kind::kResidPost, x);
@@ -76,6 +76,9 @@ class GptNeox : public LanguageModel {
     double base = 10000;
     const auto& j = c.config();
     if (j.contains("rope_parameters") && j["rope_parameters"].is_object() && j["rope_parameters"].contains("rope_theta")) {
+      if (!j["rope_parameters"]["rope_theta"].is_number()) {
+        return absl::InvalidArgumentError(absl::StrCat(c.dir(), "/config.json: \"rope_parameters.rope_theta\" must be a number"));
+      }
       base = j["rope_parameters"]["rope_theta"].get<double>();
     } else if (j.contains("rope_theta") && !j["rope_theta"].is_null()) {
       SAEGRID_ASSIGN_OR_RETURN(base, c.ConfigNumber("rope_theta"));
@@ -83,8 +86,8 @@ class GptNeox : public LanguageModel {
       SAEGRID_ASSIGN_OR_RETURN(base, c.ConfigNumber("rotary_emb_base", 10000.0));
     }
     m->rotary_base_ = base;
-    m->parallel_residual_ = j.value("use_parallel_residual", true);
-    const auto act = j.value("hidden_act", std::string("gelu"));
+    SAEGRID_ASSIGN_OR_RETURN(m->parallel_residual_, c.ConfigBool("use_parallel_residual", true));
+    SAEGRID_ASSIGN_OR_RETURN(const std::string act, c.ConfigString("hidden_act", "gelu"));
     if (act != "gelu" && act != "gelu_new") {
       return absl::InvalidArgumentError(absl::StrCat(c.dir(), "/config.json: hidden_act \"", act, "\" is not supported (gelu, gelu_new)"));
     }
@@ -137,10 +140,6 @@ class GptNeox : public LanguageModel {
 
  private:
   torch::Tensor Norm_(const torch::Tensor& x, const Norm& n) const { return torch::layer_norm(x, {d_}, n.weight, n.bias, eps_); }
-  torch::Tensor Activation(const torch::Tensor& x) const {
-    if (!tanh_gelu_) return torch::gelu(x);
-    return 0.5 * x * (1 + torch::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x.pow(3))));
-  }
 
   std::string type_ = "gpt_neox";
   int64_t d_ = 0, heads_ = 0, vocab_ = 0, max_positions_ = 0, rotary_dims_ = 0;

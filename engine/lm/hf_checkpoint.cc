@@ -93,6 +93,20 @@ absl::StatusOr<double> HfCheckpoint::ConfigNumber(const std::string& key, std::o
   return it->get<double>();
 }
 
+absl::StatusOr<std::string> HfCheckpoint::ConfigString(const std::string& key, const std::string& fallback) const {
+  const auto it = config_.find(key);
+  if (it == config_.end() || it->is_null()) return fallback;
+  if (!it->is_string()) return absl::InvalidArgumentError(absl::StrCat(dir_, "/config.json: \"", key, "\" must be a string"));
+  return it->get<std::string>();
+}
+
+absl::StatusOr<bool> HfCheckpoint::ConfigBool(const std::string& key, bool fallback) const {
+  const auto it = config_.find(key);
+  if (it == config_.end() || it->is_null()) return fallback;
+  if (!it->is_boolean()) return absl::InvalidArgumentError(absl::StrCat(dir_, "/config.json: \"", key, "\" must be true or false"));
+  return it->get<bool>();
+}
+
 bool HfCheckpoint::Has(const std::string& name, const std::vector<std::string>& prefixes) const {
   if (file_of_.count(name)) return true;
   for (const auto& p : prefixes) {

@@ -51,6 +51,8 @@ class HfCheckpoint {
   // An integer / number field of config.json; `fallback` when absent (nullopt: required).
   absl::StatusOr<int64_t> ConfigInt(const std::string& key, std::optional<int64_t> fallback = std::nullopt) const;
   absl::StatusOr<double> ConfigNumber(const std::string& key, std::optional<double> fallback = std::nullopt) const;
+  absl::StatusOr<std::string> ConfigString(const std::string& key, const std::string& fallback) const;
+  absl::StatusOr<bool> ConfigBool(const std::string& key, bool fallback) const;
 
   // Whether `name` exists, as given or behind one of `prefixes`.
   bool Has(const std::string& name, const std::vector<std::string>& prefixes) const;

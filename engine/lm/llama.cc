@@ -67,7 +67,7 @@ class Llama : public LanguageModel {
     if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
       return absl::InvalidArgumentError(absl::StrCat(c.dir(), "/config.json: rope_scaling is not supported"));
     }
-    const auto act = j.value("hidden_act", std::string("silu"));
+    SAEGRID_ASSIGN_OR_RETURN(const std::string act, c.ConfigString("hidden_act", "silu"));
     if (act != "silu") {
       return absl::InvalidArgumentError(absl::StrCat(c.dir(), "/config.json: hidden_act \"", act, "\" is not supported (silu)"));
     }
@@ -85,8 +85,9 @@ class Llama : public LanguageModel {
     SAEGRID_ASSIGN_OR_RETURN(m->max_positions_, c.ConfigInt("max_position_embeddings", 0));
     SAEGRID_ASSIGN_OR_RETURN(m->eps_, c.ConfigNumber("rms_norm_eps", 1e-6));
     SAEGRID_ASSIGN_OR_RETURN(m->rope_theta_, c.ConfigNumber("rope_theta", 10000.0));
+    SAEGRID_ASSIGN_OR_RETURN(const bool qwen_window, c.ConfigBool("use_sliding_window", false));
     const bool windowed = (m->type_ == "mistral" && j.contains("sliding_window") && !j["sliding_window"].is_null()) ||
-                          (m->type_ == "qwen2" && j.value("use_sliding_window", false));
+                          (m->type_ == "qwen2" && qwen_window);
     if (windowed) {
       SAEGRID_ASSIGN_OR_RETURN(m->sliding_window_, c.ConfigInt("sliding_window"));
     }
@@ -122,7 +123,8 @@ class Llama : public LanguageModel {
       m->blocks_.push_back(std::move(b));
     }
     SAEGRID_ASSIGN_OR_RETURN(m->final_norm_, get("norm.weight", {d}, TensorInit::Ones()));
-    if (j.value("tie_word_embeddings", false)) {
+    SAEGRID_ASSIGN_OR_RETURN(const bool tied, c.ConfigBool("tie_word_embeddings", false));
+    if (tied) {
       m->lm_head_ = m->embed_;
     } else {
       SAEGRID_ASSIGN_OR_RETURN(m->lm_head_, get("lm_head.weight", {m->vocab_, d}, TensorInit::Normal(std)));

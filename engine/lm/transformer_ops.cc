@@ -37,6 +37,11 @@ torch::Tensor ApplyRotary(const torch::Tensor& x, int64_t rotary_dims, double ba
   return torch::cat({out, x.narrow(-1, rotary_dims, x.size(-1) - rotary_dims)}, -1);
 }
 
+torch::Tensor Gelu(const torch::Tensor& x, bool tanh_approximation) {
+  if (!tanh_approximation) return torch::gelu(x);
+  return 0.5 * x * (1 + torch::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x.pow(3))));
+}
+
 HookCollector::HookCollector(const std::vector<Hookpoint>& hooks) : hooks_(hooks), values_(hooks.size()) {
   for (const auto& h : hooks) last_layer_ = std::max(last_layer_, h.layer);
 }

@@ -21,6 +21,10 @@ torch::Tensor CausalSelfAttention(const torch::Tensor& q, const torch::Tensor& k
 // (rotate_half); the other dims pass through.
 torch::Tensor ApplyRotary(const torch::Tensor& x, int64_t rotary_dims, double base);
 
+// GELU: exact (erf), or the tanh approximation GPT-2 calls "gelu_new" (written out: LibTorch
+// 1.13's gelu has no approximate argument).
+torch::Tensor Gelu(const torch::Tensor& x, bool tanh_approximation);
+
 // The activations a forward pass was asked for, filled in as it reaches them.
 class HookCollector {
  public:
