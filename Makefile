@@ -32,6 +32,7 @@ fuzz: deps
 bench: build
 	./$(BUILD_DIR)/bench/step_bench
 	./$(BUILD_DIR)/bench/shard_bench
+	./$(BUILD_DIR)/bench/lm_bench
 
 clean:
 	rm -rf $(BUILD_DIR) $(BUILD_DIR)-fuzz out

@@ -19,6 +19,7 @@ constexpr char kUsage[] =
     "usage: saegrid <command> [options]\n"
     "commands:\n"
     "  train     train an SAE locally from a job specification (saegrid train --help)\n"
+    "  harvest   cache a language model's activations as shards (saegrid harvest --help)\n"
     "  submit    submit a job to the coordinator (FILE [--wait])\n"
     "  get       show a job (JOB [--events])\n"
     "  list      list jobs (--state, --label, --page-size, --all)\n"
@@ -31,12 +32,13 @@ constexpr char kUsage[] =
     "exit codes: 0 ok; 1 job FAILED; 2 bad usage or request rejected; 3 coordinator unreachable;\n"
     "  4 not found; 5 not authenticated; 6 data loss (sha256); 7 job CANCELLED; 8 other error\n";
 
-// Runs `saegrid-train ARGS` from this executable's directory in place of this process.
-int ExecTrainer(int argc, char** argv) {
+// Runs `saegrid-train [FIRST] ARGS` from this executable's directory in place of this process.
+int ExecTrainer(int argc, char** argv, const char* first = nullptr) {
   std::error_code ec;
   const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
   const std::string trainer = ec ? std::string("saegrid-train") : (self.parent_path() / "saegrid-train").string();
   std::vector<char*> args = {const_cast<char*>(trainer.c_str())};
+  if (first != nullptr) args.push_back(const_cast<char*>(first));
   for (int i = 0; i < argc; ++i) args.push_back(argv[i]);
   args.push_back(nullptr);
   std::fflush(stdout);
@@ -56,6 +58,7 @@ int main(int argc, char** argv) {
   const std::string command = argv[1];
   namespace cli = saegrid::cli;
   if (command == "train") return ExecTrainer(argc - 2, argv + 2);
+  if (command == "harvest") return ExecTrainer(argc - 2, argv + 2, "harvest");
   if (command == "submit") return cli::RunSubmitCommand(argc - 2, argv + 2);
   if (command == "get") return cli::RunGetCommand(argc - 2, argv + 2);
   if (command == "list") return cli::RunListCommand(argc - 2, argv + 2);

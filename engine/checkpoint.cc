@@ -46,6 +46,33 @@ absl::StatusOr<nlohmann::json> ReadJson(const std::string& path) {
 
 const char* ArchitectureName(Architecture a) { return a == Architecture::kTopK ? "topk" : "relu"; }
 
+const char* NormalizationName(InputNormalization n) {
+  switch (n) {
+    case InputNormalization::kNone: return "none";
+    case InputNormalization::kLayerNorm: return "layer_norm";
+    case InputNormalization::kDatasetConstant: return "dataset_constant";
+  }
+  return "none";
+}
+
+// The published weights as an SAE of the raw activations. A dataset-wide input scale s folds
+// into the biases: with a' = a / s, pre' = (x - b_pre / s) W_enc^T + b_enc / s selects the same
+// latents (a positive scale keeps the order) and x_hat = a' W_dec + b_pre / s, so W_dec keeps
+// unit rows and the latents are in the raw activations' units.
+SaeParameters ExportedWeights(const CheckpointContents& c) {
+  SaeParameters p = c.published;
+  if (c.model.normalize_inputs == InputNormalization::kDatasetConstant && c.model.input_scale != 1.0) {
+    p.b_enc = p.b_enc / c.model.input_scale;
+    p.b_pre = p.b_pre / c.model.input_scale;
+  }
+  return p;
+}
+
+// What the exported SAE expects of its input: the dataset constant is folded out.
+const char* ExportedNormalization(const ModelConfig& m) {
+  return m.normalize_inputs == InputNormalization::kLayerNorm ? "layer_norm" : "none";
+}
+
 // Reads a tensor that must exist with the given shape, as float32.
 absl::StatusOr<torch::Tensor> ReadTensor(const SafetensorsFile& file, const std::string& name,
                                          std::vector<int64_t> shape) {
@@ -80,7 +107,7 @@ absl::Status WriteSparsify(const std::string& dir, const CheckpointContents& c) 
                         {"d_in", m.d_in}};
   auto st = WriteJson((fs::path(dir) / "cfg.json").string(), cfg);
   if (!st.ok()) return st;
-  const auto& p = c.published;
+  const SaeParameters p = ExportedWeights(c);
   return WriteSafetensors((fs::path(dir) / "sae.safetensors").string(),
                           {{"encoder.weight", p.w_enc}, {"encoder.bias", p.b_enc},
                            {"W_dec", p.w_dec}, {"b_dec", p.b_pre}});
@@ -96,16 +123,16 @@ absl::Status WriteSaeLens(const std::string& dir, const CheckpointContents& c) {
       {"dtype", "float32"},
       {"device", "cpu"},
       {"apply_b_dec_to_input", true},
-      {"normalize_activations",
-       m.normalize_inputs == InputNormalization::kLayerNorm ? "layer_norm" : "none"},
+      {"normalize_activations", ExportedNormalization(m)},
       {"reshape_activations", "none"},
       {"rescale_acts_by_decoder_norm", false},
-      {"metadata", {{"sae_lens_version", "6.18.0"}, {"model_name", ""}, {"hook_name", c.hookpoint},
-                    {"context_size", 0}, {"dataset_path", c.dataset_path}}}};
+      {"metadata", {{"sae_lens_version", "6.18.0"}, {"model_name", c.model_name},
+                    {"hook_name", c.hook_name.empty() ? c.hookpoint : c.hook_name},
+                    {"context_size", c.context_size}, {"dataset_path", c.dataset_path}}}};
   if (m.architecture == Architecture::kTopK) cfg["k"] = m.k;
   auto st = WriteJson((fs::path(dir) / "cfg.json").string(), cfg);
   if (!st.ok()) return st;
-  const auto& p = c.published;
+  const SaeParameters p = ExportedWeights(c);
   st = WriteSafetensors((fs::path(dir) / "sae_weights.safetensors").string(),
                         {{"W_enc", p.w_enc.t().contiguous()}, {"b_enc", p.b_enc},
                          {"W_dec", p.w_dec}, {"b_dec", p.b_pre}});
@@ -125,7 +152,8 @@ nlohmann::json ModelConfigToJson(const ModelConfig& m) {
           {"auxk_alpha", m.auxk_alpha},
           {"dead_tokens_threshold", m.dead_tokens_threshold},
           {"l1_coefficient", m.l1_coefficient},
-          {"normalize_inputs", m.normalize_inputs == InputNormalization::kLayerNorm ? "layer_norm" : "none"}};
+          {"normalize_inputs", NormalizationName(m.normalize_inputs)},
+          {"input_scale", m.input_scale}};
 }
 
 namespace {
@@ -140,7 +168,10 @@ ModelConfig ModelConfigFromRecord(const TrainerStateModel& r) {
   m.auxk_alpha = r.auxk_alpha;
   m.dead_tokens_threshold = r.dead_tokens_threshold;
   m.l1_coefficient = r.l1_coefficient;
-  m.normalize_inputs = r.normalize_inputs == "layer_norm" ? InputNormalization::kLayerNorm : InputNormalization::kNone;
+  m.normalize_inputs = r.normalize_inputs == "layer_norm"         ? InputNormalization::kLayerNorm
+                       : r.normalize_inputs == "dataset_constant" ? InputNormalization::kDatasetConstant
+                                                                  : InputNormalization::kNone;
+  m.input_scale = r.input_scale;
   return m;
 }
 

@@ -54,7 +54,11 @@ struct CheckpointContents {
   ModelConfig model;
   std::string hookpoint = "sae";
   bool export_saelens = true;
-  std::string dataset_path;  // recorded in SAELens metadata
+  // Where the activations came from, recorded in the SAELens metadata.
+  std::string dataset_path;
+  std::string model_name;   // the language model (its directory's name); "" for activation files
+  std::string hook_name;    // TransformerLens form; "" when unknown
+  int64_t context_size = 0;
   SaeParameters raw;
   SaeParameters published;
   bool published_is_ema = false;

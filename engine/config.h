@@ -10,7 +10,9 @@
 namespace saegrid {
 
 enum class Architecture { kTopK, kReLU };
-enum class InputNormalization { kNone, kLayerNorm };
+// kDatasetConstant: every input times one constant, fitted on the initialisation sample so that
+// E||x||^2 = d_in (ModelConfig::input_scale), kept in the checkpoint and folded out on export.
+enum class InputNormalization { kNone, kLayerNorm, kDatasetConstant };
 enum class DecoderInit { kRandomUnit, kOrthogonal };
 enum class LrDecay { kNone, kLinear };
 // The encoder matmul's dtype; master weights, optimizer state and the sparse ops stay float32.
@@ -23,6 +25,7 @@ struct ModelConfig {
   int64_t expansion_factor = 4;
   int64_t k = 32;
   InputNormalization normalize_inputs = InputNormalization::kNone;
+  double input_scale = 1.0;  // kDatasetConstant's fitted constant; 1 otherwise
   DecoderInit decoder_init = DecoderInit::kRandomUnit;
   // b_pre initialisation: geometric median (Weiszfeld) of this many data rows.
   int64_t geometric_median_samples = 32768;
@@ -59,10 +62,32 @@ struct SyntheticDataConfig {
   uint64_t seed = 0;
 };
 
+// Activations made on the fly: a language model (engine/lm/) run over a token file inside the
+// trainer, one hookpoint's activations mixed in a shuffle buffer
+// (engine/data/language_model_source.h).
+struct LanguageModelDataConfig {
+  std::string model_path;   // a Hugging Face model directory (config.json + safetensors)
+  std::string tokens_path;  // flat uint16/uint32 ids, or a .npy of integer ids
+  std::string token_dtype = "uint16";  // of a flat token file: "uint16" or "uint32"
+  int64_t context_length = 128;        // tokens per sequence
+  std::string hookpoint;  // "blocks.8.hook_resid_post", "h.8", ... (engine/lm/language_model.h)
+  std::vector<int64_t> exclude_token_ids;  // positions holding these ids are not trained on (BOS)
+  int64_t sequences_per_forward = 8;       // the model's batch
+  // Sequences whose activations are mixed together (rows permuted) before batches are cut; 0:
+  // enough for 8 training batches.
+  int64_t shuffle_sequences = 0;
+  // The randomised-weights control: the architecture's own initialisation, seeded.
+  bool random_weights = false;
+  uint64_t random_weights_seed = 0;
+  bool randomize_embeddings = false;
+};
+
 struct DataConfig {
   // Exactly one source: `path` (a directory of shards, a manifest .json, or a single shard
-  // file) or `synthetic`.
+  // file), `synthetic`, or `language_model` (its model_path set).
   std::string path;
+  LanguageModelDataConfig language_model;
+  bool uses_language_model() const { return !language_model.model_path.empty(); }
   bool use_synthetic = false;
   SyntheticDataConfig synthetic;
   std::string dtype_override;  // "bf16" reads uint16 .npy data as bfloat16 bits

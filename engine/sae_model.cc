@@ -186,8 +186,15 @@ void SaeModel::Initialize(const torch::Tensor& sample, uint64_t seed) {
   params_.b_pre.copy_(GeometricMedian(sample.to(torch::kFloat)));
 }
 
+double SaeModel::FitInputScale(const torch::Tensor& sample) {
+  const double mean_sq = sample.to(torch::kDouble).pow(2).sum(-1).mean().item<double>();
+  if (!(mean_sq > 0) || !std::isfinite(mean_sq)) return 1.0;
+  return std::sqrt(static_cast<double>(sample.size(-1)) / mean_sq);
+}
+
 torch::Tensor SaeModel::NormalizeInputs(const torch::Tensor& x) const {
   if (config_.normalize_inputs == InputNormalization::kNone) return x;
+  if (config_.normalize_inputs == InputNormalization::kDatasetConstant) return x * config_.input_scale;
   const auto mean = x.mean(-1, /*keepdim=*/true);
   const auto centered = x - mean;
   const auto std = centered.pow(2).mean(-1, true).sqrt();

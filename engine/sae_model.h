@@ -128,6 +128,10 @@ class SaeModel {
 
   // Per-token layer normalisation when configured; identity otherwise.
   torch::Tensor NormalizeInputs(const torch::Tensor& x) const;
+  // kDatasetConstant: the constant that makes E||x||^2 = d_in over `sample` (raw inputs), and
+  // setting it (fitted at the start, restored on resume).
+  static double FitInputScale(const torch::Tensor& sample);
+  void set_input_scale(double scale) { config_.input_scale = scale; }
 
   // One training forward pass on normalised inputs. `dead_mask` [n] bool marks dead latents for
   // AuxK (may be undefined: no AuxK). Both paths select the same latents. The metrics are

@@ -4,14 +4,18 @@
 
 #include <chrono>
 #include <cmath>
+#include <filesystem>
+#include <limits>
 
 #include "base/status_macros.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/checkpoint.h"
+#include "engine/data/shard_broadcast_source.h"
 #include "engine/device.h"
 #include "engine/host_reads.h"
+#include "engine/lm/language_model.h"
 #include "engine/runtime.h"
 #include "engine/sharded_selection.h"
 
@@ -55,6 +59,21 @@ absl::Status CheckCompatible(const ModelConfig& want, const ModelConfig& have, c
   return absl::OkStatus();
 }
 
+// The SAELens metadata of where the activations came from.
+void DescribeDataSource(const DataConfig& data, CheckpointContents* c) {
+  if (data.uses_language_model()) {
+    const auto& lm = data.language_model;
+    c->dataset_path = lm.tokens_path;
+    c->model_name = std::filesystem::path(lm.model_path).lexically_normal().filename().string();
+    if (c->model_name.empty()) c->model_name = std::filesystem::path(lm.model_path).lexically_normal().parent_path().filename().string();
+    auto hook = ParseHookpoint(lm.hookpoint, std::numeric_limits<int64_t>::max());
+    c->hook_name = hook.ok() ? TransformerLensName(*hook) : lm.hookpoint;
+    c->context_size = lm.context_length;
+    return;
+  }
+  c->dataset_path = data.use_synthetic ? "synthetic" : data.path;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& config,
@@ -73,9 +92,23 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
                                                    ") must be divisible by parallelism.replicas (",
                                                    layout.replicas, ")"));
   }
-  auto source = OpenActivationSource(config.data, layout.replica(), layout.replicas, t->device_.is_cuda());
-  if (!source.ok()) return source.status();
-  t->source_ = *std::move(source);
+  if (config.data.uses_language_model() && layout.shards > 1) {
+    // A model's activations are made once per replica, on shard 0, and broadcast to its other
+    // shards (engine/data/shard_broadcast_source.h).
+    absl::StatusOr<std::unique_ptr<ActivationSource>> opened = std::unique_ptr<ActivationSource>();
+    if (layout.shard() == 0) {
+      opened = OpenActivationSource(config.data, layout.replica(), layout.replicas, t->device_.is_cuda(), t->device_);
+    }
+    auto shared = ShareAcrossShards(opened.ok() ? *std::move(opened) : nullptr, t->gang_->shard_group.get(),
+                                    config.data.batch_size / layout.replicas);
+    if (!opened.ok()) return opened.status();
+    if (!shared.ok()) return shared.status();
+    t->source_ = *std::move(shared);
+  } else {
+    auto source = OpenActivationSource(config.data, layout.replica(), layout.replicas, t->device_.is_cuda(), t->device_);
+    if (!source.ok()) return source.status();
+    t->source_ = *std::move(source);
+  }
   const int64_t d = t->source_->d_in();
   if (config.model.d_in > 0 && config.model.d_in != d) {
     return absl::InvalidArgumentError(absl::StrCat("model.d_in is ", config.model.d_in,
@@ -123,6 +156,11 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
     // The same sample on every rank (the global order's first rows): the same b_pre everywhere.
     auto sample = t->source_->Sample(model.geometric_median_samples);
     if (!sample.ok()) return sample.status();
+    if (model.normalize_inputs == InputNormalization::kDatasetConstant) {
+      // The same sample on every rank: the same constant everywhere.
+      t->config_.model.input_scale = SaeModel::FitInputScale(*sample);
+      t->model_->set_input_scale(t->config_.model.input_scale);
+    }
     t->model_->Initialize(t->model_->NormalizeInputs(sample->to(t->device_)), config.training.seed);
   }
   auto st = t->CheckSameStart();
@@ -150,6 +188,8 @@ absl::Status Trainer::Resume(const std::string& step_dir) {
   if (!saved_model.ok()) return saved_model.status();
   auto st = CheckCompatible(config_.model, *saved_model, step_dir);
   if (!st.ok()) return st;
+  config_.model.input_scale = saved_model->input_scale;
+  model_->set_input_scale(saved_model->input_scale);
   auto loaded = LoadCheckpoint(step_dir, model_->latent_begin(),
                                model_->latent_begin() + model_->latent_count());
   if (!loaded.ok()) return loaded.status();
@@ -472,7 +512,7 @@ absl::StatusOr<std::string> Trainer::WriteCheckpointNow(const EvalResult* evalua
   c.model = config_.model;
   c.hookpoint = config_.checkpoint.hookpoint;
   c.export_saelens = config_.checkpoint.export_saelens;
-  c.dataset_path = config_.data.use_synthetic ? "synthetic" : config_.data.path;
+  DescribeDataSource(config_.data, &c);
   c.published_is_ema = ema_ != nullptr;
   c.evaluation = evaluation;
   c.shards = layout.shards;
@@ -537,20 +577,24 @@ absl::StatusOr<std::string> Trainer::WriteCheckpointNow(const EvalResult* evalua
 absl::StatusOr<EvalResult> Trainer::Train(TrainingObserver* observer) {
   if (observer) observer->OnStart(step_, total_steps_, resumed_);
   const int64_t every = config_.checkpoint.every_steps;
-  // A stop request reaches ranks at different moments: agree on it (max) every step.
+  // A stop request reaches ranks at different moments: agree on it (max) every step, and decide
+  // everything that depends on it from the agreed value only. (Reading the local flag again later
+  // in the step let one rank read the figures, which takes a collective, while its peer did not.)
+  bool stopping = false;
   while (step_ < total_steps_) {
     double stop = stop_requested_.load() ? 1 : 0;
     SAEGRID_RETURN_IF_ERROR(AllReduceScalars(gang_->world.get(), ReduceOp::kMax, {&stop}));
-    if (stop > 0) break;
+    stopping = stop > 0;
     // The figures are read at the steps that report them: every log_every_steps, before each
-    // checkpoint and at the end (and whenever the stop request may end the run next).
+    // checkpoint, at the end, and on the last step before an agreed stop.
     const int64_t next = step_ + 1;
     const int64_t log_every = std::max<int64_t>(config_.training.log_every_steps, 1);
     const bool figures = next % log_every == 0 || next == total_steps_ || (every > 0 && next % every == 0) ||
-                         stop_requested_.load();
+                         stopping;
     auto m = Step(figures);
     if (!m.ok()) return m.status();
     if (observer) observer->OnStep(*m);
+    if (stopping) break;  // the final checkpoint below is this step's
     if (every > 0 && step_ % every == 0 && step_ < total_steps_) {
       auto dir = WriteCheckpointNow(nullptr);
       if (!dir.ok()) return dir.status();

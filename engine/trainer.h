@@ -97,6 +97,8 @@ class Trainer {
   bool is_leader() const { return gang_->layout.rank == 0; }
   const ParallelLayout& layout() const { return gang_->layout; }
   int64_t candidates_per_shard() const { return parallel_.k_in; }
+  // How busy the data source's producer was (the on-the-fly model) and how long steps waited for it.
+  SourceActivity data_activity() const { return source_->activity(); }
   // Bytes this rank has sent through its communicators so far.
   int64_t bytes_sent() const;
 

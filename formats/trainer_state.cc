@@ -142,7 +142,9 @@ absl::StatusOr<TrainerStateModel> ParseTrainerStateModel(const json& model, std:
   SAEGRID_ASSIGN_OR_RETURN(m.dead_tokens_threshold,
                                  f.Int("dead_tokens_threshold", 0, INT64_MAX, m.dead_tokens_threshold));
   SAEGRID_ASSIGN_OR_RETURN(m.l1_coefficient, f.Double("l1_coefficient", 0, m.l1_coefficient));
-  SAEGRID_ASSIGN_OR_RETURN(m.normalize_inputs, f.String("normalize_inputs", "none", {"none", "layer_norm"}));
+  SAEGRID_ASSIGN_OR_RETURN(m.normalize_inputs,
+                           f.String("normalize_inputs", "none", {"none", "layer_norm", "dataset_constant"}));
+  SAEGRID_ASSIGN_OR_RETURN(m.input_scale, f.Double("input_scale", 1e-30, m.input_scale));
   return m;
 }
 

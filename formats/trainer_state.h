@@ -32,7 +32,8 @@ struct TrainerStateModel {
   double auxk_alpha = 1.0 / 32.0;
   int64_t dead_tokens_threshold = 10'000'000;
   double l1_coefficient = 1e-3;
-  std::string normalize_inputs = "none";  // "none" or "layer_norm"
+  std::string normalize_inputs = "none";  // "none", "layer_norm" or "dataset_constant"
+  double input_scale = 1.0;               // dataset_constant's fitted constant
 };
 
 struct TrainerStateSlice {

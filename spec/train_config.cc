@@ -48,7 +48,8 @@ absl::Status MapModel(const v1::ModelSpec& s, ModelConfig* m) {
   }
   if (s.normalize_inputs().empty() || s.normalize_inputs() == "none") m->normalize_inputs = InputNormalization::kNone;
   else if (s.normalize_inputs() == "layer_norm") m->normalize_inputs = InputNormalization::kLayerNorm;
-  else return Bad("model.normalize_inputs", "must be \"none\" or \"layer_norm\", got \"" + s.normalize_inputs() + "\"");
+  else if (s.normalize_inputs() == "dataset_constant") m->normalize_inputs = InputNormalization::kDatasetConstant;
+  else return Bad("model.normalize_inputs", "must be \"none\", \"layer_norm\" or \"dataset_constant\", got \"" + s.normalize_inputs() + "\"");
   if (s.decoder_init().empty() || s.decoder_init() == "random_unit") m->decoder_init = DecoderInit::kRandomUnit;
   else if (s.decoder_init() == "orthogonal") m->decoder_init = DecoderInit::kOrthogonal;
   else return Bad("model.decoder_init", "must be \"random_unit\" or \"orthogonal\", got \"" + s.decoder_init() + "\"");
@@ -108,13 +109,51 @@ absl::Status MapOptimizer(const v1::OptimizerSpec& s, OptimizerConfig* o) {
   return absl::OkStatus();
 }
 
+absl::Status MapLanguageModel(const v1::LanguageModelDataSpec& s, LanguageModelDataConfig* c) {
+  if (s.model_path().empty()) return Bad("data.language_model.model_path", "is required (a Hugging Face model directory)");
+  if (s.tokens_path().empty()) return Bad("data.language_model.tokens_path", "is required (a token id file)");
+  if (s.hookpoint().empty()) {
+    return Bad("data.language_model.hookpoint", "is required, e.g. \"blocks.8.hook_resid_post\" or \"h.8\"");
+  }
+  if (s.hookpoint().find('/') != std::string::npos) {
+    return Bad("data.language_model.hookpoint", "names a module, not a path: got \"" + s.hookpoint() + "\"");
+  }
+  c->model_path = s.model_path();
+  c->tokens_path = s.tokens_path();
+  c->hookpoint = s.hookpoint();
+  if (!s.token_dtype().empty() && s.token_dtype() != "uint16" && s.token_dtype() != "uint32") {
+    return Bad("data.language_model.token_dtype", "must be \"uint16\" or \"uint32\", got \"" + s.token_dtype() + "\"");
+  }
+  if (!s.token_dtype().empty()) c->token_dtype = s.token_dtype();
+  if (s.context_length() != 0) {
+    SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("data.language_model.context_length", s.context_length(), 1, 1 << 20));
+    c->context_length = s.context_length();
+  }
+  for (int i = 0; i < s.exclude_token_ids_size(); ++i) {
+    SAEGRID_RETURN_IF_ERROR(InRange<int64_t>(absl::StrCat("data.language_model.exclude_token_ids[", i, "]"),
+                                             s.exclude_token_ids(i), 0, int64_t{1} << 32));
+    c->exclude_token_ids.push_back(s.exclude_token_ids(i));
+  }
+  if (s.sequences_per_forward() != 0) {
+    SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("data.language_model.sequences_per_forward", s.sequences_per_forward(), 1, 1 << 16));
+    c->sequences_per_forward = s.sequences_per_forward();
+  }
+  SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("data.language_model.shuffle_sequences", s.shuffle_sequences(), 0, 1 << 24));
+  c->shuffle_sequences = s.shuffle_sequences();
+  c->random_weights = s.has_random_weights();
+  c->random_weights_seed = s.random_weights().seed();
+  c->randomize_embeddings = s.random_weights().embeddings_too();
+  return absl::OkStatus();
+}
+
 absl::Status MapData(const v1::DataSpec& s, DataConfig* d) {
-  const bool has_path = !s.path().empty();
-  if (has_path == s.has_synthetic()) {
-    return Bad("data", "set exactly one of data.path and data.synthetic");
+  const int sources = (s.path().empty() ? 0 : 1) + (s.has_synthetic() ? 1 : 0) + (s.has_language_model() ? 1 : 0);
+  if (sources != 1) {
+    return Bad("data", "set exactly one of data.path, data.synthetic and data.language_model");
   }
   d->path = s.path();
   d->use_synthetic = s.has_synthetic();
+  if (s.has_language_model()) SAEGRID_RETURN_IF_ERROR(MapLanguageModel(s.language_model(), &d->language_model));
   if (s.has_synthetic()) {
     const auto& y = s.synthetic();
     auto& c = d->synthetic;
@@ -223,6 +262,9 @@ absl::StatusOr<TrainConfig> ToTrainConfig(const v1::JobSpec& spec) {
       return Bad("checkpoint.hookpoint", "must be a plain directory name, got \"" + k.hookpoint() + "\"");
     }
     c.checkpoint.hookpoint = k.hookpoint();
+  } else if (c.data.uses_language_model()) {
+    // The sparsify layout names the SAE's directory after its hookpoint.
+    c.checkpoint.hookpoint = c.data.language_model.hookpoint;
   }
   SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("checkpoint.every_steps", k.every_steps(), 0, int64_t{1} << 40));
   c.checkpoint.every_steps = k.every_steps();

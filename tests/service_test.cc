@@ -925,3 +925,67 @@ TEST(Service, PythonClientFromProtoFilesAlone) {
 
 }  // namespace
 }  // namespace saegrid
+
+namespace saegrid {
+namespace {
+
+// The example text with its model and tokens at `tiny` and `total_tokens` replaced.
+std::string ExampleWith(const std::string& example, const std::string& tiny, int64_t total_tokens) {
+  std::string text = testing::ReadFile(std::string(SAEGRID_SOURCE_DIR) + "/examples/" + example);
+  for (const std::string from : {"out/tiny-gpt2/model", "out/tiny-gpt2/tokens.bin"}) {
+    const size_t at = text.find(from);
+    EXPECT_NE(at, std::string::npos) << example << " no longer names " << from;
+    if (at != std::string::npos) text.replace(at, from.size(), tiny + from.substr(std::string("out/tiny-gpt2").size()));
+  }
+  const std::string tokens_line = "total_tokens: 400000";
+  const size_t at = text.find(tokens_line);
+  EXPECT_NE(at, std::string::npos);
+  if (at != std::string::npos) text.replace(at, tokens_line.size(), absl::StrCat("total_tokens: ", total_tokens));
+  return text;
+}
+
+// examples/lm_on_the_fly.yaml and lm_service.yaml (a GPT-2-style model run on the fly) on the
+// model scripts/make-tiny-lm.py writes: locally with `saegrid train`, and through the service as
+// two latent shards on two workers, shard 0 broadcasting the activations.
+TEST(Service, LanguageModelExampleRunsLocallyAndThroughTheService) {
+  ServiceCluster cluster;
+  const std::string tiny = cluster.dir() / "tiny-gpt2";
+  ASSERT_EQ(testing::RunProcess({std::string(SAEGRID_SOURCE_DIR) + "/scripts/make-tiny-lm.py", tiny},
+                                cluster.dir() / "make-tiny-lm.log", 120),
+            0)
+      << testing::ReadFile(cluster.dir() / "make-tiny-lm.log");
+  constexpr int64_t kTokens = 2048 * 8;
+
+  // Locally.
+  testing::WriteFile(cluster.dir() / "local.yaml", ExampleWith("lm_on_the_fly.yaml", tiny, kTokens));
+  const std::string local = cluster.dir() / "local";
+  ASSERT_EQ(testing::RunProcess({SAEGRID_BINARY, "train", "--config", cluster.dir() / "local.yaml", "--output-dir",
+                                 local, "--threads", "1"},
+                                cluster.dir() / "local.log", 300),
+            0)
+      << testing::ReadFile(cluster.dir() / "local.log");
+  const std::string step = local + "/checkpoints/step_000000008";
+  EXPECT_TRUE(std::filesystem::exists(step + "/blocks.2.hook_resid_post/sae.safetensors"));
+  const auto cfg = nlohmann::json::parse(testing::ReadFile(step + "/saelens/cfg.json"), nullptr, false);
+  ASSERT_TRUE(cfg.is_object());
+  EXPECT_EQ(cfg["metadata"]["model_name"], "model");
+  EXPECT_EQ(cfg["metadata"]["hook_name"], "blocks.2.hook_resid_post");
+  EXPECT_EQ(cfg["metadata"]["context_size"], 64);
+  const auto local_eval = nlohmann::json::parse(testing::ReadFile(step + "/evaluation.json"), nullptr, false);
+  ASSERT_TRUE(local_eval.is_object());
+  EXPECT_LT(local_eval["fvu"].get<double>(), 1.0);
+
+  // Through the service.
+  const std::string job_id = SubmitWithCli(cluster, ExampleWith("lm_service.yaml", tiny, kTokens), "lm");
+  ASSERT_FALSE(job_id.empty());
+  const v1::Job done = cluster.WaitFor(job_id, Terminal, 300);
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.message() << cluster.Logs();
+  EXPECT_EQ(done.progress().step(), 8);
+  const v1::Evaluation evaluation = cluster.Evaluation(job_id);
+  EXPECT_GT(evaluation.fvu(), 0);
+  EXPECT_LT(evaluation.fvu(), 1.0);
+  EXPECT_GT(evaluation.l0(), 0);
+}
+
+}  // namespace
+}  // namespace saegrid

@@ -70,7 +70,7 @@ TEST(JobSpec, BadValuesAreNamedWithTheRule) {
               HasSubstr("model.k: (9) exceeds model.num_latents (8)"));
   EXPECT_THAT(SpecError("data: {path: x}\n"), HasSubstr("training.total_tokens: is required"));
   EXPECT_THAT(SpecError("data: {path: x, synthetic: {}}\ntraining: {total_tokens: 1}\n"),
-              HasSubstr("set exactly one of data.path and data.synthetic"));
+              HasSubstr("set exactly one of data.path, data.synthetic and data.language_model"));
   EXPECT_THAT(SpecError(base + "checkpoint: {hookpoint: ../escape}\n"), HasSubstr("checkpoint.hookpoint"));
   EXPECT_THAT(SpecError(base + "data: {path: x, batch_size: 0}\n"), HasSubstr("data"));
   EXPECT_THAT(SpecError("model: {num_latents: 99999999999}\ndata: {path: x}\ntraining: {total_tokens: 1}\n"),
@@ -160,6 +160,49 @@ TEST(JobSpec, OversizedDeepOrSpecialInputsAreRefused) {
   EXPECT_THAT(surrogate, ::testing::AnyOf(HasSubstr("job.yaml: "), ::testing::Eq("OK")));
   const std::string deep = "model: " + std::string(kMaxJobSpecDepth + 5, '[') + std::string(kMaxJobSpecDepth + 5, ']');
   EXPECT_THAT(SpecError(deep), HasSubstr(absl::StrCat("nested more than ", kMaxJobSpecDepth, " levels")));
+}
+
+TEST(JobSpec, LanguageModelDataMapsAndItsErrorsAreNamed) {
+  const std::string lm = "training: {total_tokens: 1024}\ndata:\n  language_model: ";
+  auto spec = ParseJobSpec(lm + "{model_path: /m, tokens_path: /t.bin, hookpoint: h.8, context_length: 64, "
+                                "exclude_token_ids: [50256], token_dtype: uint32, random_weights: {seed: 4}}\n"
+                                "model: {normalize_inputs: dataset_constant}\n",
+                           "job.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  auto c = ToTrainConfig(*spec);
+  ASSERT_TRUE(c.ok()) << c.status();
+  const auto& l = c->data.language_model;
+  EXPECT_TRUE(c->data.uses_language_model());
+  EXPECT_EQ(l.model_path, "/m");
+  EXPECT_EQ(l.tokens_path, "/t.bin");
+  EXPECT_EQ(l.hookpoint, "h.8");
+  EXPECT_EQ(l.context_length, 64);
+  EXPECT_EQ(l.token_dtype, "uint32");
+  EXPECT_EQ(l.exclude_token_ids, std::vector<int64_t>{50256});
+  EXPECT_TRUE(l.random_weights);
+  EXPECT_EQ(l.random_weights_seed, 4u);
+  EXPECT_FALSE(l.randomize_embeddings);
+  EXPECT_EQ(c->model.normalize_inputs, InputNormalization::kDatasetConstant);
+  // The sparsify layout's directory is the hookpoint.
+  EXPECT_EQ(c->checkpoint.hookpoint, "h.8");
+
+  EXPECT_THAT(SpecError(lm + "{tokens_path: /t, hookpoint: h.1}\n"), HasSubstr("data.language_model.model_path"));
+  EXPECT_THAT(SpecError(lm + "{model_path: /m, hookpoint: h.1}\n"), HasSubstr("data.language_model.tokens_path"));
+  EXPECT_THAT(SpecError(lm + "{model_path: /m, tokens_path: /t}\n"), HasSubstr("data.language_model.hookpoint"));
+  EXPECT_THAT(SpecError(lm + "{model_path: /m, tokens_path: /t, hookpoint: a/b}\n"),
+              HasSubstr("data.language_model.hookpoint"));
+  EXPECT_THAT(SpecError(lm + "{model_path: /m, tokens_path: /t, hookpoint: h.1, token_dtype: int8}\n"),
+              HasSubstr("data.language_model.token_dtype"));
+  EXPECT_THAT(SpecError(lm + "{model_path: /m, tokens_path: /t, hookpoint: h.1, context_length: -4}\n"),
+              HasSubstr("data.language_model.context_length"));
+  EXPECT_THAT(SpecError(lm + "{model_path: /m, tokens_path: /t, hookpoint: h.1, exclude_token_ids: [3, -1]}\n"),
+              HasSubstr("data.language_model.exclude_token_ids[1]"));
+  EXPECT_THAT(SpecError(lm + "{model_path: /m, tokens_path: /t, hookpoint: h.1, sequences_per_forward: 0.5}\n"),
+              HasSubstr("data.language_model.sequences_per_forward"));
+  EXPECT_THAT(SpecError(lm + "{model_path: /m, tokens_path: /t, hookpoint: h.1, layers: 3}\n"),
+              HasSubstr("data.language_model.layers: unknown field"));
+  EXPECT_THAT(SpecError(lm + "{model_path: /m, tokens_path: /t, hookpoint: h.1}\n  path: /x\n"),
+              HasSubstr("set exactly one of data.path, data.synthetic and data.language_model"));
 }
 
 TEST(JobSpec, ShippedExamplesAreValid) {

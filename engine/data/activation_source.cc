@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/data/language_model_source.h"
 #include "engine/data/synthetic.h"
 #include "engine/runtime.h"
 #include "nlohmann/json.hpp"
@@ -196,7 +197,11 @@ absl::StatusOr<std::vector<ShardPath>> ListShardPaths(const std::string& path) {
 absl::StatusOr<std::unique_ptr<ActivationSource>> OpenActivationSource(const DataConfig& config,
                                                                       int replica,
                                                                       int num_replicas,
-                                                                      bool pin_memory) {
+                                                                      bool pin_memory,
+                                                                      torch::Device device) {
+  if (config.uses_language_model()) {
+    return OpenLanguageModelSource(config, replica, num_replicas, device, pin_memory);
+  }
   std::vector<std::shared_ptr<ActivationShard>> shards;
   torch::Tensor ground_truth;
   if (config.use_synthetic) {

@@ -15,6 +15,15 @@
 
 namespace saegrid {
 
+// How busy a source's background producer was: the seconds it spent making data and the seconds
+// the trainer waited for a batch. The on-the-fly language-model source's overlap figure; zero for
+// sources that only copy rows.
+struct SourceActivity {
+  double producer_busy_seconds = 0;
+  double consumer_wait_seconds = 0;
+  int64_t rows_produced = 0;
+};
+
 class ActivationSource {
  public:
   virtual ~ActivationSource() = default;
@@ -28,15 +37,18 @@ class ActivationSource {
   virtual absl::StatusOr<torch::Tensor> Sample(int64_t rows) const = 0;
   // Ground-truth feature directions [F, d] when the data is synthetic; undefined otherwise.
   virtual torch::Tensor ground_truth() const = 0;
+  virtual SourceActivity activity() const { return {}; }
 };
 
-// Opens the source a DataConfig names (files or the synthetic generator) for one data-parallel
-// replica. `pin_memory`: training batches in page-locked memory (a CUDA run; needs a CUDA
-// LibTorch), which the prefetch thread fills while the step runs.
+// Opens the source a DataConfig names (files, the synthetic generator, or a language model run
+// on the fly on `device`) for one data-parallel replica. `pin_memory`: training batches in
+// page-locked memory (a CUDA run; needs a CUDA LibTorch), which the prefetch thread fills while
+// the step runs.
 absl::StatusOr<std::unique_ptr<ActivationSource>> OpenActivationSource(const DataConfig& config,
                                                                       int replica = 0,
                                                                       int num_replicas = 1,
-                                                                      bool pin_memory = false);
+                                                                      bool pin_memory = false,
+                                                                      torch::Device device = torch::kCPU);
 
 // The shard files behind `path`: a directory (its *.npy and *.safetensors files in name order,
 // token files excluded), a manifest .json ({"shards": ["a.npy", {"path": ..., "tokens": ...}]},

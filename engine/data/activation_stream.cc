@@ -32,6 +32,13 @@ uint64_t MixSeed(uint64_t a, uint64_t b, uint64_t c) {
   return SplitMix(SplitMix(SplitMix(a) ^ b) ^ c);
 }
 
+std::vector<int64_t> SeededPermutation(int64_t n, uint64_t seed) {
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) order[static_cast<size_t>(i)] = i;
+  Shuffle(order, seed);
+  return order;
+}
+
 absl::StatusOr<std::unique_ptr<ActivationStream>> ActivationStream::Create(
     std::vector<std::shared_ptr<ActivationShard>> shards, const StreamOptions& options) {
   if (shards.empty()) return absl::InvalidArgumentError("data: no activation shards");

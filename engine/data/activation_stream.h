@@ -100,4 +100,7 @@ class ActivationStream {
 // Mixes seeds and counters into one 64-bit seed (splitmix64 steps).
 uint64_t MixSeed(uint64_t a, uint64_t b, uint64_t c = 0);
 
+// A permutation of [0, n) from `seed`, the same on every standard library.
+std::vector<int64_t> SeededPermutation(int64_t n, uint64_t seed);
+
 }  // namespace saegrid

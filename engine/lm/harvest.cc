@@ -12,6 +12,7 @@
 #include "base/durable_file.h"
 #include "base/status_macros.h"
 #include "engine/npy.h"
+#include "engine/safetensors.h"
 #include "nlohmann/json.hpp"
 
 namespace saegrid {
@@ -19,14 +20,21 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string ShardName(int64_t i) { return absl::StrFormat("shard-%05d.npy", i); }
+std::string ShardName(int64_t i, HarvestOptions::Format format) {
+  return absl::StrFormat(format == HarvestOptions::Format::kNpy ? "shard-%05d.npy" : "shard-%05d.safetensors", i);
+}
+
+const char* DtypeName(torch::ScalarType dtype) {
+  return dtype == torch::kHalf ? "float16" : dtype == torch::kBFloat16 ? "bfloat16" : "float32";
+}
 std::string TokensName(int64_t i) { return absl::StrFormat("shard-%05d.tokens.npy", i); }
 
 nlohmann::json Describe(const LanguageModel& model, const TokenFile& tokens, const HarvestOptions& o, int64_t sequences) {
   return {{"model", o.model_description}, {"model_type", model.model_type()}, {"hookpoint", o.hook.name},
           {"layer", o.hook.layer}, {"token_file", tokens.path()}, {"context_length", tokens.context_length()},
           {"sequences", sequences}, {"sequences_per_shard", o.sequences_per_shard},
-          {"excluded_ids", o.excluded_ids}, {"dtype", o.dtype == torch::kHalf ? "float16" : "float32"},
+          {"excluded_ids", o.excluded_ids}, {"dtype", DtypeName(o.dtype)},
+          {"format", o.format == HarvestOptions::Format::kNpy ? "npy" : "safetensors"},
           {"d_model", model.d_model()}};
 }
 
@@ -38,8 +46,10 @@ absl::StatusOr<HarvestProgress> HarvestActivations(const LanguageModel& model, c
   if (o.sequences_per_shard <= 0 || o.sequences_per_batch <= 0) {
     return absl::InvalidArgumentError("harvest: sequences_per_shard and sequences_per_batch must be > 0");
   }
-  if (o.dtype != torch::kFloat && o.dtype != torch::kHalf) {
-    return absl::InvalidArgumentError("harvest: shards are float32 or float16");
+  const bool npy = o.format == HarvestOptions::Format::kNpy;
+  if (o.dtype != torch::kFloat && o.dtype != torch::kHalf && (npy || o.dtype != torch::kBFloat16)) {
+    return absl::InvalidArgumentError(npy ? "harvest: .npy shards are float32 or float16 (bfloat16 needs safetensors)"
+                                          : "harvest: shards are float32, float16 or bfloat16");
   }
   const int64_t sequences = o.max_sequences > 0 ? std::min(o.max_sequences, tokens.num_sequences()) : tokens.num_sequences();
   std::error_code ec;
@@ -64,11 +74,15 @@ absl::StatusOr<HarvestProgress> HarvestActivations(const LanguageModel& model, c
   for (int64_t shard = 0; shard < progress.shards_total; ++shard) {
     const int64_t first = shard * o.sequences_per_shard;
     const int64_t count = std::min(o.sequences_per_shard, sequences - first);
-    const fs::path shard_path = fs::path(o.output_dir) / ShardName(shard);
+    const fs::path shard_path = fs::path(o.output_dir) / ShardName(shard, o.format);
     const fs::path tokens_path = fs::path(o.output_dir) / TokensName(shard);
-    manifest_shards.push_back({{"path", ShardName(shard)}, {"tokens", TokensName(shard)}});
-    // Both files are written atomically, the activations last: with them present the shard is done.
-    if (fs::exists(shard_path, ec) && fs::exists(tokens_path, ec)) {
+    if (npy) {
+      manifest_shards.push_back({{"path", ShardName(shard, o.format)}, {"tokens", TokensName(shard)}});
+    } else {
+      manifest_shards.push_back(ShardName(shard, o.format));
+    }
+    // Every file is written atomically, the activations last: with them present the shard is done.
+    if (fs::exists(shard_path, ec) && (!npy || fs::exists(tokens_path, ec))) {
       ++progress.shards_done;
       ++progress.shards_skipped;
       progress.sequences_done += count;
@@ -84,8 +98,12 @@ absl::StatusOr<HarvestProgress> HarvestActivations(const LanguageModel& model, c
       ids.push_back(batch.reshape(-1).index({keep}));
     }
     const auto x = torch::cat(rows), t = torch::cat(ids);
-    SAEGRID_RETURN_IF_ERROR(WriteNpy(tokens_path.string(), t));
-    SAEGRID_RETURN_IF_ERROR(WriteNpy(shard_path.string(), x));
+    if (npy) {
+      SAEGRID_RETURN_IF_ERROR(WriteNpy(tokens_path.string(), t));
+      SAEGRID_RETURN_IF_ERROR(WriteNpy(shard_path.string(), x));
+    } else {
+      SAEGRID_RETURN_IF_ERROR(WriteSafetensors(shard_path.string(), {{"activations", x}, {"tokens", t}}));
+    }
     ++progress.shards_done;
     progress.sequences_done += count;
     progress.rows_written += x.size(0);

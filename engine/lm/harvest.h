@@ -1,6 +1,6 @@
 // Cached activations: a language model run over a token file, the activations of one hookpoint
-// written as .npy shards (with their token ids beside them) and a manifest that the training data
-// path reads (data.path: <dir>/manifest.json). Shard i holds sequences [i S, (i+1) S) of the token
+// written as shards (.npy with their token ids beside them, or .safetensors holding "activations"
+// and "tokens") and a manifest that the training data path reads (data.path: <dir>/manifest.json). Shard i holds sequences [i S, (i+1) S) of the token
 // file (S = sequences_per_shard), minus the excluded positions, so a shard's content depends only
 // on its number: a harvest that was killed resumes by skipping the shards already written (each
 // is written atomically) and redoes none of them.
@@ -25,7 +25,10 @@ struct HarvestOptions {
   int64_t sequences_per_batch = 8;     // model batch
   int64_t max_sequences = 0;           // 0: the whole token file
   std::vector<int64_t> excluded_ids;   // positions holding these ids are left out (BOS, ...)
-  torch::ScalarType dtype = torch::kFloat;  // the shards' dtype: float32 or float16
+  // The shards' dtype: float32, float16, or bfloat16 (safetensors only: .npy has no bfloat16).
+  torch::ScalarType dtype = torch::kFloat;
+  enum class Format { kNpy, kSafetensors };
+  Format format = Format::kNpy;
 };
 
 struct HarvestProgress {

@@ -51,4 +51,15 @@ absl::StatusOr<Hookpoint> ParseHookpoint(const std::string& name, int64_t num_la
   return h;
 }
 
+std::string TransformerLensName(const Hookpoint& hook) {
+  const char* kind = "hook_resid_post";
+  switch (hook.kind) {
+    case Hookpoint::Kind::kResidPre: kind = "hook_resid_pre"; break;
+    case Hookpoint::Kind::kResidPost: kind = "hook_resid_post"; break;
+    case Hookpoint::Kind::kAttnOut: kind = "hook_attn_out"; break;
+    case Hookpoint::Kind::kMlpOut: kind = "hook_mlp_out"; break;
+  }
+  return absl::StrCat("blocks.", hook.layer, ".", kind);
+}
+
 }  // namespace saegrid

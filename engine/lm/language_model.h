@@ -31,6 +31,10 @@ struct Hookpoint {
 // block's output (resid_post). An error names the hookpoint: unknown form, or L >= num_layers.
 absl::StatusOr<Hookpoint> ParseHookpoint(const std::string& name, int64_t num_layers);
 
+// The hookpoint's TransformerLens name ("blocks.8.hook_resid_post" for "h.8"): SAELens'
+// metadata.hook_name.
+std::string TransformerLensName(const Hookpoint& hook);
+
 class LanguageModel {
  public:
   virtual ~LanguageModel() = default;

@@ -1,0 +1,49 @@
+// Activations made on the fly: a language model run over a token file inside the trainer, the
+// activations of one hookpoint fed to training through a shuffle buffer.
+//
+// The order is a pure function of the seed, like ActivationStream's, so that the data cursor
+// (epoch, rows of the epoch consumed) is all the state a resume needs: epoch e permutes the
+// training sequences (seed, e); consecutive groups of `shuffle_sequences` of them form one
+// shuffle buffer, whose activations (minus the excluded positions) are permuted together
+// (seed, e, group). A restored cursor recomputes the model only for the group it falls in; the
+// rows come out bitwise equal when the thread count is the same (one thread: always).
+//
+// A producer thread runs the model one group ahead of the trainer, so that the model's forward
+// and the SAE step overlap. Replica r of R keeps rows [r B/R, (r+1) B/R) of every global batch of
+// B rows, as the file-backed stream does, so the batches do not depend on the number of replicas.
+// The held-out split is the token file's last ceil(eval_fraction * N) sequences.
+#pragma once
+
+#include <torch/types.h>
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "engine/config.h"
+#include "engine/data/activation_source.h"
+#include "engine/lm/language_model.h"
+#include "engine/lm/token_file.h"
+
+namespace saegrid {
+
+// What data.language_model names, opened and checked against each other: the model (on
+// `device`), its hookpoint, and the token file read with the model's vocabulary. Shared by the
+// on-the-fly source and `saegrid harvest`. Errors name the field or the file
+// (data.language_model.hookpoint: ..., a missing tensor of the model, ...).
+struct LanguageModelData {
+  std::unique_ptr<LanguageModel> model;
+  std::unique_ptr<TokenFile> tokens;
+  Hookpoint hook;
+};
+absl::StatusOr<LanguageModelData> OpenLanguageModelData(const LanguageModelDataConfig& config, torch::Device device);
+
+// Opens config.language_model: loads the model onto `model_device` and the token file, checks
+// the hookpoint and the context length against the model. Errors name the field or the file
+// (data.language_model.hookpoint: ..., a missing tensor of the model, an id out of range with
+// its file and offset when it is read).
+absl::StatusOr<std::unique_ptr<ActivationSource>> OpenLanguageModelSource(const DataConfig& config,
+                                                                         int replica, int num_replicas,
+                                                                         torch::Device model_device,
+                                                                         bool pin_memory);
+
+}  // namespace saegrid
