@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <deque>
@@ -231,11 +232,15 @@ class LanguageModelSource : public ActivationSource {
 
   torch::Device device() const { return model_device_; }
 
+  // `stopping` (optional): checked between model batches, so that a stopped producer does not
+  // finish a buffer nobody will read (CANCELLED).
   absl::StatusOr<std::shared_ptr<const GroupRows>> MakeGroup(const std::vector<int64_t>& order, int64_t epoch,
-                                                             int64_t group) const {
+                                                             int64_t group,
+                                                             const std::atomic<bool>* stopping = nullptr) const {
     SAEGRID_ASSIGN_OR_RETURN(torch::Tensor ids, ReadSequences(GroupSequences(order, group)));
     std::vector<torch::Tensor> xs, ts;
     for (int64_t first = 0; first < ids.size(0); first += sequences_per_forward_) {
+      if (stopping != nullptr && stopping->load()) return absl::CancelledError("the producer was stopped");
       SAEGRID_ASSIGN_OR_RETURN(auto rows, Activations(ids.narrow(0, first, std::min(sequences_per_forward_, ids.size(0) - first))));
       xs.push_back(std::move(rows.first));
       ts.push_back(std::move(rows.second));
@@ -256,7 +261,8 @@ class LanguageModelSource : public ActivationSource {
     {
       absl::MutexLock lock(&mu_);
       stop_ = false;
-      failed_ = false;
+      stopping_.store(false);
+      error_ = absl::OkStatus();
       ready_.clear();
     }
     producer_ = std::thread([this, epoch, group] { Produce(epoch, group); });
@@ -268,11 +274,12 @@ class LanguageModelSource : public ActivationSource {
       absl::MutexLock lock(&mu_);
       stop_ = true;
     }
+    stopping_.store(true);
     producer_.join();
   }
 
   // Makes groups in order from (epoch, group) on, kGroupsAhead ahead of the trainer, until
-  // stopped or an error (which the trainer receives in place of the group).
+  // stopped or an error (which the trainer receives once the groups made before it are taken).
   void Produce(int64_t epoch, int64_t group) {
     std::vector<int64_t> order = EpochOrder(epoch);
     while (true) {
@@ -285,19 +292,21 @@ class LanguageModelSource : public ActivationSource {
       const auto start = std::chrono::steady_clock::now();
       GroupOrError made = absl::InternalError("no group");
       try {
-        made = MakeGroup(order, epoch, group);
+        made = MakeGroup(order, epoch, group, &stopping_);
       } catch (const std::exception& e) {
         made = StatusFromException(e);
       }
-      const bool failed = !made.ok();
       {
         absl::MutexLock lock(&mu_);
         activity_.producer_busy_seconds += SecondsSince(start);
-        if (made.ok()) activity_.rows_produced += (*made)->rows();
-        ready_.push_back(std::move(made));
-        failed_ = failed;
+        if (stop_) return;
+        if (!made.ok()) {
+          error_ = made.status();
+          return;
+        }
+        activity_.rows_produced += (*made)->rows();
+        ready_.push_back(*std::move(made));
       }
-      if (failed) return;
       if (++group == num_groups_) {
         group = 0;
         order = EpochOrder(++epoch);
@@ -308,12 +317,12 @@ class LanguageModelSource : public ActivationSource {
   GroupOrError TakeGroup() {
     const auto start = std::chrono::steady_clock::now();
     absl::MutexLock lock(&mu_);
-    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !ready_.empty() || failed_; };
+    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !ready_.empty() || !error_.ok(); };
     mu_.Await(absl::Condition(&ready));
-    if (ready_.empty()) return absl::FailedPreconditionError("the activation producer stopped after an error");
-    GroupOrError group = std::move(ready_.front());
-    ready_.pop_front();
     activity_.consumer_wait_seconds += SecondsSince(start);
+    if (ready_.empty()) return error_;
+    std::shared_ptr<const GroupRows> group = std::move(ready_.front());
+    ready_.pop_front();
     return group;
   }
 
@@ -338,10 +347,11 @@ class LanguageModelSource : public ActivationSource {
   int64_t start_epoch_ = 0, start_group_ = 0;  // where the producer starts
 
   std::thread producer_;
+  std::atomic<bool> stopping_{false};  // stop_, readable without the lock between model batches
   mutable absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  bool failed_ ABSL_GUARDED_BY(mu_) = false;  // the producer returned an error and stopped
-  std::deque<GroupOrError> ready_ ABSL_GUARDED_BY(mu_);
+  absl::Status error_ ABSL_GUARDED_BY(mu_);  // why the producer stopped, if it failed
+  std::deque<std::shared_ptr<const GroupRows>> ready_ ABSL_GUARDED_BY(mu_);
   SourceActivity activity_ ABSL_GUARDED_BY(mu_);
 };
 
