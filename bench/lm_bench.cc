@@ -5,7 +5,8 @@
 // the model (the producer thread) and the SAE step were during the on-the-fly run, and the
 // on-the-fly run against the baselines measured in the same run: cached training (the SAE step
 // alone) and harvest-then-train in sequence (what the on-the-fly run beats only by overlapping the
-// two). Threads: every core (the producer and the step share them).
+// two). Two layouts of the cores: shared (the model and the step each use all of them) and split
+// (each its own half; data.language_model.model_threads).
 //
 //   lm_bench [--layers 12] [--d 768] [--heads 12] [--vocab 50257] [--context 128] [--hook-layer 8]
 //            [--sequences 64] [--latents 6144] [--k 32] [--batch 1024] [--threads 0] [--scratch /tmp]
@@ -143,11 +144,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "lm_bench: needs --hook-layer < --layers, --d divisible by --heads, and at least one batch of tokens\n");
     return 2;
   }
-  const int threads = saegrid::ConfigureThreads(static_cast<int>(o.threads));
+  const int cores = saegrid::ConfigureThreads(static_cast<int>(o.threads));
   const fs::path dir = fs::path(o.scratch) / ("saegrid-lm-bench-" + std::to_string(getpid()));
   WriteModelAndTokens(o, dir);
   const std::string hookpoint = "blocks." + std::to_string(o.hook_layer) + ".hook_resid_post";
-
   saegrid::LanguageModelDataConfig lm;
   lm.model_path = (dir / "model").string();
   lm.tokens_path = (dir / "tokens.bin").string();
@@ -155,69 +155,82 @@ int main(int argc, char** argv) {
   lm.hookpoint = hookpoint;
   lm.sequences_per_forward = 8;
 
-  // 1. Harvesting alone: the model forward over every sequence, written as float32 .npy shards.
-  auto opened = saegrid::OpenLanguageModelData(lm, torch::kCPU);
-  if (!opened.ok()) Die("opening the model", opened.status());
-  saegrid::HarvestOptions harvest;
-  harvest.output_dir = (dir / "harvest").string();
-  harvest.hook = opened->hook;
-  harvest.sequences_per_shard = 16;
-  harvest.sequences_per_batch = lm.sequences_per_forward;
-  auto start = std::chrono::steady_clock::now();
-  auto harvested = saegrid::HarvestActivations(*opened->model, *opened->tokens, harvest);
-  if (!harvested.ok()) Die("harvesting", harvested.status());
-  const double harvest_seconds = Since(start);
-  const int64_t harvest_tokens = o.sequences * o.context;
-  opened->model.reset();
+  // Each layout: harvesting alone with the model's threads, training on the cached shards with
+  // the trainer's, and the on-the-fly run with both at once.
+  auto measure = [&](const std::string& name, int trainer_threads, int model_threads) -> json {
+    saegrid::ConfigureThreads(model_threads);
+    auto opened = saegrid::OpenLanguageModelData(lm, torch::kCPU);
+    if (!opened.ok()) Die("opening the model", opened.status());
+    saegrid::HarvestOptions harvest;
+    harvest.output_dir = (dir / ("harvest-" + name)).string();
+    harvest.hook = opened->hook;
+    harvest.sequences_per_shard = 16;
+    harvest.sequences_per_batch = lm.sequences_per_forward;
+    auto start = std::chrono::steady_clock::now();
+    auto harvested = saegrid::HarvestActivations(*opened->model, *opened->tokens, harvest);
+    if (!harvested.ok()) Die("harvesting", harvested.status());
+    const double harvest_seconds = Since(start);
+    const int64_t harvest_tokens = o.sequences * o.context;
+    opened->model.reset();
 
-  // 2. Training on the cached shards (the SAE step alone).
-  saegrid::TrainConfig cached = SaeConfig(o, dir / "cached");
-  cached.data.path = (dir / "harvest/manifest.json").string();
-  const json cached_run = TimeTraining(cached);
+    saegrid::TrainConfig cached = SaeConfig(o, dir / ("cached-" + name));
+    cached.runtime.num_threads = trainer_threads;
+    cached.data.path = harvest.output_dir + "/manifest.json";
+    const json cached_run = TimeTraining(cached);
 
-  // 3. Training on the fly: the producer thread runs the model one shuffle buffer ahead.
-  saegrid::TrainConfig fly = SaeConfig(o, dir / "fly");
-  fly.data.language_model = lm;
-  auto trainer = saegrid::Trainer::Create(fly);
-  if (!trainer.ok()) Die("creating the on-the-fly trainer", trainer.status());
-  start = std::chrono::steady_clock::now();
-  int64_t tokens = 0;
-  while ((*trainer)->step() < (*trainer)->total_steps()) {
-    auto m = (*trainer)->Step(/*figures=*/false);
-    if (!m.ok()) Die("training on the fly", m.status());
-    tokens = m->tokens;
-  }
-  const double fly_seconds = Since(start);
-  // The activity counts from the trainer's creation; the initialisation sample is computed on the
-  // calling thread, outside it.
-  const saegrid::SourceActivity activity = (*trainer)->data_activity();
-  trainer->reset();
-  const double cached_seconds = cached_run["seconds"].get<double>();
-  const double serial = harvest_seconds * tokens / harvest_tokens + cached_seconds;
+    saegrid::TrainConfig fly = SaeConfig(o, dir / ("fly-" + name));
+    fly.runtime.num_threads = trainer_threads;
+    fly.data.language_model = lm;
+    fly.data.language_model.model_threads = model_threads;
+    auto trainer = saegrid::Trainer::Create(fly);
+    if (!trainer.ok()) Die("creating the on-the-fly trainer", trainer.status());
+    start = std::chrono::steady_clock::now();
+    int64_t tokens = 0;
+    while ((*trainer)->step() < (*trainer)->total_steps()) {
+      auto m = (*trainer)->Step(/*figures=*/false);
+      if (!m.ok()) Die("training on the fly", m.status());
+      tokens = m->tokens;
+    }
+    const double fly_seconds = Since(start);
+    // The activity counts from the trainer's creation; its initialisation sample is computed on
+    // the calling thread, outside it.
+    const saegrid::SourceActivity activity = (*trainer)->data_activity();
+    trainer->reset();
+    const double cached_seconds = cached_run["seconds"].get<double>();
+    const double serial = harvest_seconds * tokens / harvest_tokens + cached_seconds;
+    return {{"trainer_threads", trainer_threads},
+            {"model_threads", model_threads},
+            {"harvest", {{"tokens", harvest_tokens}, {"seconds", harvest_seconds},
+                         {"tokens_per_second", harvest_tokens / harvest_seconds}}},
+            {"train_cached", cached_run},
+            {"train_on_the_fly",
+             {{"tokens", tokens},
+              {"seconds", fly_seconds},
+              {"tokens_per_second", tokens / fly_seconds},
+              // Fractions of the on-the-fly run's wall time: the model busy in the producer
+              // thread, and the SAE step busy (not waiting for a batch). Their sum above 1 is
+              // the overlap.
+              {"model_busy_fraction", activity.producer_busy_seconds / fly_seconds},
+              {"sae_step_busy_fraction", 1.0 - activity.consumer_wait_seconds / fly_seconds},
+              {"trainer_waited_seconds", activity.consumer_wait_seconds}}},
+            // Baselines from this layout: cached training (the SAE step alone), and harvesting
+            // then training in sequence. Above 1 against the serial baseline: the overlap pays.
+            {"on_the_fly_vs_cached_throughput", cached_seconds / fly_seconds},
+            {"on_the_fly_vs_serial_speedup", serial / fly_seconds}};
+  };
+  // Shared: the model and the SAE step each use every core (they compete while they overlap).
+  // Split: each has its own half of the cores.
+  const int half = std::max(1, cores / 2);
   json report = {
       {"benchmark", "language_model_activations_cpu"},
-      {"threads", threads},
+      {"cores", cores},
       {"blas_core", saegrid::BlasCoreName()},
       {"cpu", {{"native_bf16", saegrid::CpuHasNativeBFloat16()}}},
       {"model", {{"layers", o.layers}, {"d", o.d}, {"heads", o.heads}, {"vocab", o.vocab}, {"context", o.context},
                  {"hookpoint", hookpoint}, {"blocks_run", o.hook_layer + 1}}},
       {"sae", {{"latents", o.latents}, {"k", o.k}, {"batch", o.batch}}},
-      {"harvest", {{"tokens", harvest_tokens}, {"seconds", harvest_seconds},
-                   {"tokens_per_second", harvest_tokens / harvest_seconds}}},
-      {"train_cached", cached_run},
-      {"train_on_the_fly",
-       {{"tokens", tokens},
-        {"seconds", fly_seconds},
-        {"tokens_per_second", tokens / fly_seconds},
-        // Fractions of the on-the-fly run's wall time: the model busy in the producer thread,
-        // and the SAE step busy (not waiting for a batch). Their sum above 1 is the overlap.
-        {"model_busy_fraction", activity.producer_busy_seconds / fly_seconds},
-        {"sae_step_busy_fraction", 1.0 - activity.consumer_wait_seconds / fly_seconds},
-        {"trainer_waited_seconds", activity.consumer_wait_seconds}}},
-      // Baselines from this run: cached training (the SAE step alone), and harvesting then
-      // training in sequence. Above 1 against the serial baseline: the overlap pays.
-      {"on_the_fly_vs_cached_throughput", cached_seconds / fly_seconds},
-      {"on_the_fly_vs_serial_speedup", serial / fly_seconds}};
+      {"shared_cores", measure("shared", cores, cores)},
+      {"split_cores", measure("split", std::max(1, cores - half), half)}};
   std::printf("%s\n", report.dump(2).c_str());
   std::error_code ec;
   fs::remove_all(dir, ec);

@@ -76,6 +76,10 @@ struct LanguageModelDataConfig {
   // Sequences whose activations are mixed together (rows permuted) before batches are cut; 0:
   // enough for 8 training batches.
   int64_t shuffle_sequences = 0;
+  // Intra-op threads of the model's producer thread; 0: as many as the trainer's. On a CPU the
+  // model and the SAE step share the cores: giving each its own share lets them overlap without
+  // oversubscribing (docs/language_models.md has the figures).
+  int64_t model_threads = 0;
   // The randomised-weights control: the architecture's own initialisation, seeded.
   bool random_weights = false;
   uint64_t random_weights_seed = 0;

@@ -140,6 +140,8 @@ absl::Status MapLanguageModel(const v1::LanguageModelDataSpec& s, LanguageModelD
   }
   SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("data.language_model.shuffle_sequences", s.shuffle_sequences(), 0, 1 << 24));
   c->shuffle_sequences = s.shuffle_sequences();
+  SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("data.language_model.model_threads", s.model_threads(), 0, 1024));
+  c->model_threads = s.model_threads();
   c->random_weights = s.has_random_weights();
   c->random_weights_seed = s.random_weights().seed();
   c->randomize_embeddings = s.random_weights().embeddings_too();

@@ -49,7 +49,8 @@ class LanguageModelSource : public ActivationSource {
                       bool pin_memory)
       : model_(std::move(model)), tokens_(std::move(tokens)), hook_(std::move(hook)),
         excluded_(config.language_model.exclude_token_ids),
-        sequences_per_forward_(config.language_model.sequences_per_forward), seed_(config.seed),
+        sequences_per_forward_(config.language_model.sequences_per_forward),
+        model_threads_(static_cast<int>(config.language_model.model_threads)), seed_(config.seed),
         global_batch_(config.batch_size), replica_(replica), num_replicas_(num_replicas), pin_memory_(pin_memory),
         model_device_(model_device) {
     const int64_t n = tokens_->num_sequences();
@@ -281,6 +282,8 @@ class LanguageModelSource : public ActivationSource {
   // Makes groups in order from (epoch, group) on, kGroupsAhead ahead of the trainer, until
   // stopped or an error (which the trainer receives once the groups made before it are taken).
   void Produce(int64_t epoch, int64_t group) {
+    // This thread's OpenMP team (the trainer's thread keeps its own count).
+    if (model_threads_ > 0) at::set_num_threads(model_threads_);
     std::vector<int64_t> order = EpochOrder(epoch);
     while (true) {
       {
@@ -331,6 +334,7 @@ class LanguageModelSource : public ActivationSource {
   const Hookpoint hook_;
   const std::vector<int64_t> excluded_;
   const int64_t sequences_per_forward_;
+  const int model_threads_;
   const uint64_t seed_;
   const int64_t global_batch_;
   const int replica_, num_replicas_;
