@@ -119,12 +119,15 @@ int RunHarvestCommand(int argc, char** argv) {
     std::fflush(stdout);
   }
   const auto start = std::chrono::steady_clock::now();
-  int64_t sequences_at_start = -1;
+  // Sequences of shards found from an earlier run: not part of this run's rate.
+  int64_t skipped_sequences = 0, last_skipped = 0, last_sequences = 0;
   auto on_shard = [&](const HarvestProgress& p) {
+    if (p.shards_skipped > last_skipped) skipped_sequences += p.sequences_done - last_sequences;
+    last_skipped = p.shards_skipped;
+    last_sequences = p.sequences_done;
     if (quiet) return;
-    if (sequences_at_start < 0 || p.shards_skipped == p.shards_done) sequences_at_start = p.sequences_done;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const double computed = static_cast<double>(p.sequences_done - sequences_at_start) * lm.context_length;
+    const double computed = static_cast<double>(p.sequences_done - skipped_sequences) * lm.context_length;
     absl::FPrintF(stdout, "harvest: shard %d/%d, %d sequences, %d rows written%s, %.0f tokens/s\n", p.shards_done,
                   p.shards_total, p.sequences_done, p.rows_written,
                   p.shards_skipped > 0 ? absl::StrFormat(" (%d shards found from an earlier run)", p.shards_skipped) : "",
