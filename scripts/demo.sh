@@ -2,7 +2,9 @@
 # The main job end to end on embedded defaults: a coordinator (SQLite + a local data directory)
 # and two workers on this machine, a 2-shard toy TopK job (capacity factor 2) submitted with the
 # saegrid client, its progress streamed, the checkpoint downloaded (sha256 checked) and the
-# evaluation printed; then everything shuts down. Tokens are generated for this run.
+# evaluation printed; then a second job that trains on a GPT-2-style model's activations made on
+# the fly (examples/lm_service.yaml, on the small random-weight model scripts/make-tiny-lm.py
+# writes); then everything shuts down. Tokens are generated for this run.
 set -euo pipefail
 build_dir=${1:-build}
 bin="$build_dir/bin"
@@ -55,3 +57,12 @@ echo "checkpoint: $step_dir"
 echo "  sparsify layout: $step_dir/sae/{cfg.json,sae.safetensors}"
 echo "  SAELens layout:  $step_dir/saelens/"
 echo "  evaluation:      $step_dir/evaluation.json"
+
+# The language-model job: the workers run in this directory, where the example's relative
+# model_path and tokens_path resolve.
+echo
+scripts/make-tiny-lm.py out/tiny-gpt2
+lm_job=$("$bin/saegrid" submit examples/lm_service.yaml --json | jq -r .job.job_id)
+echo "demo: submitted $lm_job (an SAE on blocks.2.hook_resid_post of out/tiny-gpt2/model, on the fly, 2 shards)"
+"$bin/saegrid" watch "$lm_job"
+"$bin/saegrid" results "$lm_job"
