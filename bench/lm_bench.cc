@@ -164,6 +164,7 @@ int main(int argc, char** argv) {
     saegrid::HarvestOptions harvest;
     harvest.output_dir = (dir / ("harvest-" + name)).string();
     harvest.hook = opened->hook;
+    harvest.device = torch::kCPU;
     harvest.sequences_per_shard = 16;
     harvest.sequences_per_batch = lm.sequences_per_forward;
     auto start = std::chrono::steady_clock::now();

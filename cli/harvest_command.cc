@@ -104,6 +104,7 @@ int RunHarvestCommand(int argc, char** argv) {
                            ? output_dir
                            : (std::filesystem::path(config->checkpoint.output_dir) / "activations" / lm.hookpoint).string();
   options.hook = opened->hook;
+  options.device = *device;
   options.model_description = lm.model_path;
   options.sequences_per_shard = per_shard;
   options.sequences_per_batch = lm.sequences_per_forward;

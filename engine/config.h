@@ -74,7 +74,7 @@ struct LanguageModelDataConfig {
   std::vector<int64_t> exclude_token_ids;  // positions holding these ids are not trained on (BOS)
   int64_t sequences_per_forward = 8;       // the model's batch
   // Sequences whose activations are mixed together (rows permuted) before batches are cut; 0:
-  // enough for 8 training batches.
+  // enough for 4 training batches.
   int64_t shuffle_sequences = 0;
   // Intra-op threads of the model's producer thread; 0: as many as the trainer's. On a CPU the
   // model and the SAE step share the cores: giving each its own share lets them overlap without

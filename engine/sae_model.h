@@ -126,7 +126,8 @@ class SaeModel {
   // takes its rows of the unsharded initialisation, so every layout starts from the same SAE.
   void Initialize(const torch::Tensor& sample, uint64_t seed);
 
-  // Per-token layer normalisation when configured; identity otherwise.
+  // Per-token layer normalisation, or the dataset-wide constant, when configured; identity
+  // otherwise.
   torch::Tensor NormalizeInputs(const torch::Tensor& x) const;
   // kDatasetConstant: the constant that makes E||x||^2 = d_in over `sample` (raw inputs), and
   // setting it (fitted at the start, restored on resume).

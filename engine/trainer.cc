@@ -59,6 +59,13 @@ absl::Status CheckCompatible(const ModelConfig& want, const ModelConfig& have, c
   return absl::OkStatus();
 }
 
+// MSE in the raw activations' units: the SAE sees s x under a dataset-wide input scale s (FVU is
+// the same either way). Layer-normalised inputs have no such units; their MSE stays as computed.
+double RawMse(double mse, const ModelConfig& model) {
+  if (model.normalize_inputs != InputNormalization::kDatasetConstant) return mse;
+  return mse / (model.input_scale * model.input_scale);
+}
+
 // The SAELens metadata of where the activations came from.
 void DescribeDataSource(const DataConfig& data, CheckpointContents* c) {
   if (data.uses_language_model()) {
@@ -145,6 +152,18 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
     auto found = FindLatestCheckpoint(config.checkpoint.output_dir);
     if (!found.ok()) return found.status();
     latest = *found;
+  }
+  if (t->gang_->world->size() > 1) {
+    // Resuming or starting fresh decides which collectives come next (a shared data source
+    // samples at a fresh start): every rank must take the same branch.
+    double low = latest.empty() ? 0 : 1, high = low;
+    SAEGRID_RETURN_IF_ERROR(AllReduceScalars(t->gang_->world.get(), ReduceOp::kMin, {&low}));
+    SAEGRID_RETURN_IF_ERROR(AllReduceScalars(t->gang_->world.get(), ReduceOp::kMax, {&high}));
+    if (low != high) {
+      return absl::FailedPreconditionError(
+          "some ranks found a checkpoint to resume from and others did not: every rank must see the same "
+          "checkpoint.output_dir (a shared filesystem)");
+    }
   }
   if (!latest.empty()) {
     auto st = t->Resume(latest);
@@ -368,7 +387,7 @@ absl::StatusOr<StepMetrics> Trainer::Step(bool figures) {
     SAEGRID_RETURN_IF_ERROR(AllReduceScalars(shards, ReduceOp::kSum, {&dead_after}));
     m.loss = out->fvu + (topk ? mc.auxk_alpha * out->auxk_loss : mc.l1_coefficient * out->l1_loss);
     m.fvu = out->fvu;
-    m.mse = out->mse;
+    m.mse = RawMse(out->mse, mc);
     m.auxk_loss = out->auxk_loss;
     m.l1_loss = out->l1_loss;
     m.l0 = out->l0;
@@ -428,7 +447,7 @@ absl::StatusOr<EvalResult> Trainer::Evaluate() {
     eval_inputs_ = split->x.to(device_);
     if (eval_inputs_->size(0) == 0) {
       // No held-out blocks: evaluate in-sample rather than report figures of zero tokens.
-      auto sample = source_->Sample(config_.data.eval_max_tokens);
+      auto sample = source_->LocalSample(config_.data.eval_max_tokens);  // the leader alone
       if (!sample.ok()) return sample.status();
       eval_inputs_ = sample->to(device_);
       eval_split_ = "training_sample";
@@ -439,6 +458,7 @@ absl::StatusOr<EvalResult> Trainer::Evaluate() {
   EvalResult result = saegrid::Evaluate(full, *weights, *eval_inputs_, truth,
                                        dead / config_.model.num_latents, config_.evaluation.recovery_cosine);
   result.split = eval_split_;
+  result.mse = RawMse(result.mse, config_.model);
   const auto& layout = gang_->layout;
   result.shards = layout.shards;
   result.candidates_per_shard = parallel_.k_in;

@@ -81,12 +81,13 @@ MemoryEstimate EstimateRankMemory(const TrainConfig& c) {
     e.data = Add(Mul(Mul(s.num_samples, s.d), kFloat),
                  Add(Mul(Mul(s.d, s.num_features), kFloat), Mul(Mul(s.num_features, s.num_features), kFloat)));
   } else if (c.data.uses_language_model()) {
-    // Three shuffle buffers (being read, ready, being made); the model's own weights are not
-    // known here (resources.min_memory_bytes covers them).
+    // Three shuffle buffers (being read, ready, being made) and, while one is made, its
+    // unpermuted copy and the model batches' pieces; the model's own weights are not known here
+    // (resources.min_memory_bytes covers them).
     const auto& lm = c.data.language_model;
     const int64_t buffer_rows = lm.shuffle_sequences > 0 ? Mul(lm.shuffle_sequences, lm.context_length)
                                                          : Mul(4, std::max<int64_t>(1, c.data.batch_size));
-    e.data = Mul(Mul(Mul(3, buffer_rows), d), kFloat);
+    e.data = Mul(Mul(Mul(5, buffer_rows), d), kFloat);
   } else {
     e.data = Mul(Mul(Mul(c.data.shuffle_buffer_blocks, c.data.block_rows), d), kFloat);
   }

@@ -156,6 +156,7 @@ TEST_F(OnTheFly, ReplicasSplitEachGlobalBatch) {
     EXPECT_TRUE(torch::equal(torch::cat({a->x, b->x}), whole->x)) << "batch " << i;
     EXPECT_TRUE(torch::equal(torch::cat({a->tokens, b->tokens}), whole->tokens));
     EXPECT_EQ(a->cursor_after, whole->cursor_after);
+    EXPECT_EQ(b->cursor_after, whole->cursor_after);
   }
 }
 
@@ -179,10 +180,49 @@ TEST_F(OnTheFly, ARestoredCursorContinuesExactly) {
     EXPECT_TRUE(torch::equal(rest[i].tokens, again[i].tokens));
     EXPECT_EQ(rest[i].cursor_after, again[i].cursor_after);
   }
+  // Exactly at the end of the epoch: the next batch is the next epoch's first.
+  auto whole = OpenActivationSource(Data(60));
+  auto at_end = OpenActivationSource(Data(60));
+  ASSERT_TRUE(whole.ok() && at_end.ok());
+  ReadBatches(**whole, kEpochRows / 60);
+  EXPECT_EQ((*whole)->cursor(), (DataCursor{0, kEpochRows}));
+  ASSERT_TRUE((*at_end)->Restore({0, kEpochRows}).ok());
+  const auto next = ReadBatches(**whole, 2), next_again = ReadBatches(**at_end, 2);
+  ASSERT_EQ(next_again.size(), 2u);
+  for (size_t i = 0; i < next.size(); ++i) {
+    EXPECT_TRUE(torch::equal(next[i].x, next_again[i].x));
+    EXPECT_EQ(next[i].cursor_after, next_again[i].cursor_after);
+  }
+  EXPECT_EQ(next.back().cursor_after, (DataCursor{1, 120}));
   // A cursor beyond the epoch is refused: the data changed since the checkpoint.
   auto moved = (*resumed)->Restore({0, kEpochRows + 1});
   EXPECT_EQ(moved.code(), absl::StatusCode::kOutOfRange);
   EXPECT_THAT(std::string(moved.message()), HasSubstr("tokens.bin"));
+}
+
+// The initialisation sample's buffers are handed to the producer rather than made again: the
+// batches are the same as a source that never sampled.
+TEST_F(OnTheFly, TheSamplesBuffersAreReusedWithTheSameBatches) {
+  // Batches of 50: buffers of ceil(4 * 50 / 16) = 13 sequences, 13 * 15 = 195 rows (150 for the last).
+  auto sampled = OpenActivationSource(Data(50));
+  auto plain = OpenActivationSource(Data(50));
+  ASSERT_TRUE(sampled.ok() && plain.ok());
+  auto sample = (*sampled)->Sample(300);  // buffers 0 and 1 of epoch 0
+  ASSERT_TRUE(sample.ok());
+  auto a = ReadBatches(**sampled, 6), b = ReadBatches(**plain, 6);  // 300 rows: inside buffer 1
+  // The producer ran the model only for what follows the sampled buffers (buffer 2, 150 rows, if
+  // it got to it), against buffers 0 and 1 (and maybe 2) for the source that never sampled.
+  EXPECT_LE((*sampled)->activity().rows_produced, 150);
+  EXPECT_GE((*plain)->activity().rows_produced, 390);
+  // The sample is the first rows of the epoch's order.
+  std::vector<torch::Tensor> first;
+  for (const auto& batch : a) first.push_back(batch.x);
+  EXPECT_TRUE(torch::equal(*sample, torch::cat(first)));
+  for (const auto& batch : ReadBatches(**sampled, 6)) a.push_back(batch);
+  for (const auto& batch : ReadBatches(**plain, 6)) b.push_back(batch);
+  ASSERT_EQ(a.size(), 12u);
+  ASSERT_EQ(b.size(), 12u);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i].x, b[i].x)) << "batch " << i;
 }
 
 TEST_F(OnTheFly, AResumedRunGivesTheStraightRunsWeightsBitwise) {
@@ -263,7 +303,16 @@ TEST_F(OnTheFly, TheDatasetConstantIsFittedKeptAndFoldedOutOfTheExports) {
   EXPECT_EQ(cfg["metadata"]["dataset_path"], dir_ / "tokens.bin");
   auto lens = SafetensorsFile::Open(step + "/saelens/sae_weights.safetensors");
   ASSERT_TRUE(lens.ok());
-  EXPECT_TRUE(torch::equal(*lens->Get("b_dec"), *file->Get("b_dec")));
+  const torch::Tensor lens_got = Reconstruct(x, lens->Get("W_enc")->t(), *lens->Get("b_enc"), *lens->Get("W_dec"),
+                                             *lens->Get("b_dec"), c.model.k);
+  EXPECT_LT(RelativeError(lens_got, want), 1e-5);
+  // The evaluation's MSE is in the raw activations' units: the exported SAE's error on the
+  // held-out rows (the first 32 of the last 4 sequences).
+  const torch::Tensor eval_x = Expected(kTrainSequences, kSequences - kTrainSequences).first.narrow(0, 0, 32);
+  const torch::Tensor eval_hat = Reconstruct(eval_x, *file->Get("encoder.weight"), *file->Get("encoder.bias"),
+                                             *file->Get("W_dec"), *file->Get("b_dec"), c.model.k);
+  const double raw_mse = (eval_hat - eval_x).pow(2).mean().item<double>();
+  EXPECT_NEAR(result->mse, raw_mse, 1e-4 * raw_mse);
 }
 
 TEST_F(OnTheFly, SparsifyHookpointNamesGiveTheTransformerLensHookName) {
@@ -350,22 +399,24 @@ TEST_F(OnTheFly, BadModelsHookpointsContextsAndTokensAreNamed) {
 #ifdef SAEGRID_BINARY
 // A sharded gang over real processes: shard 0 runs the model and broadcasts each batch to the
 // other shard, and the run is the single process's (exact mode).
-std::string GangConfig(const std::string& model, const std::string& tokens, const std::string& parallelism) {
+std::string GangConfig(const std::string& model, const std::string& tokens, const std::string& parallelism,
+                       double eval_fraction = 0.1) {
   return "model: {num_latents: 128, k: 4, dead_tokens_threshold: 256, geometric_median_samples: 128}\n"
          "optimizer: {lr: 0.003}\n"
          "data:\n"
          "  language_model: {model_path: " + model + ", tokens_path: " + tokens +
          ", context_length: 16, hookpoint: blocks.1.hook_resid_post, exclude_token_ids: [0], sequences_per_forward: 5}\n"
          "  batch_size: 64\n"
-         "  eval_fraction: 0.1\n"
+         "  eval_fraction: " + std::to_string(eval_fraction) + "\n"
          "  eval_max_tokens: 32\n"
          "training: {total_tokens: 640, log_every_steps: 1}\n" +
          (parallelism.empty() ? "" : "parallelism: " + parallelism + "\n");
 }
 
 TEST_F(OnTheFly, TwoShardsShareShardZerosActivationsAndMatchOneProcess) {
-  auto run = [&](const std::string& name, const std::string& parallelism, const std::string& model) {
-    testing::WriteFile(dir_ / (name + ".yaml"), GangConfig(model, dir_ / "tokens.bin", parallelism));
+  auto run = [&](const std::string& name, const std::string& parallelism, const std::string& model,
+                 double eval_fraction = 0.1) {
+    testing::WriteFile(dir_ / (name + ".yaml"), GangConfig(model, dir_ / "tokens.bin", parallelism, eval_fraction));
     std::vector<std::string> argv = {SAEGRID_BINARY, "train", "--config", dir_ / (name + ".yaml"), "--output-dir",
                                      dir_ / name, "--quiet"};
     if (parallelism.empty()) argv.insert(argv.end(), {"--threads", "1"});
@@ -388,6 +439,23 @@ TEST_F(OnTheFly, TwoShardsShareShardZerosActivationsAndMatchOneProcess) {
   ASSERT_EQ(a.size(), 4u);
   ASSERT_EQ(b.size(), 4u);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_LE(RelativeError(b[i], a[i]), 1e-5) << i;
+
+  // Without a held-out split the leader evaluates on a sample it reads alone (no collective the
+  // other shard would not join), and a resumed gang seeks shard 0's source.
+  ASSERT_EQ(run("in_sample", "{shards: 2, exact: true}", dir_ / "model", 0.0).first, 0)
+      << testing::ReadFile(dir_ / "in_sample.log");
+  const auto evaluation = nlohmann::json::parse(
+      testing::ReadFile(dir_ / "in_sample/checkpoints/step_000000010/evaluation.json"), nullptr, false);
+  ASSERT_TRUE(evaluation.is_object());
+  EXPECT_EQ(evaluation["split"], "training_sample");
+  // Resumed from its step-10 checkpoint with more tokens: 2 more steps.
+  testing::WriteFile(dir_ / "in_sample.yaml", GangConfig(dir_ / "model", dir_ / "tokens.bin", "{shards: 2, exact: true}", 0.0));
+  ASSERT_EQ(testing::RunProcess({SAEGRID_BINARY, "train", "--config", dir_ / "in_sample.yaml", "--output-dir",
+                                 dir_ / "in_sample", "--total-tokens", "768", "--quiet"},
+                                dir_ / "in_sample_resumed.log", 300),
+            0)
+      << testing::ReadFile(dir_ / "in_sample_resumed.log");
+  EXPECT_TRUE(std::filesystem::exists(dir_ / "in_sample/checkpoints/step_000000012/evaluation.json"));
 
   // A model shard 0 cannot open ends the whole gang at once, naming it (no peer waits for a
   // batch that never comes).

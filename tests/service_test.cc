@@ -923,12 +923,6 @@ TEST(Service, PythonClientFromProtoFilesAlone) {
   EXPECT_THAT(testing::ReadFile(out), HasSubstr("python client: ok"));
 }
 
-}  // namespace
-}  // namespace saegrid
-
-namespace saegrid {
-namespace {
-
 // The example text with its model and tokens at `tiny` and `total_tokens` replaced.
 std::string ExampleWith(const std::string& example, const std::string& tiny, int64_t total_tokens) {
   std::string text = testing::ReadFile(std::string(SAEGRID_SOURCE_DIR) + "/examples/" + example);

@@ -21,7 +21,7 @@ namespace saegrid {
 struct SourceActivity {
   double producer_busy_seconds = 0;
   double consumer_wait_seconds = 0;
-  int64_t rows_produced = 0;
+  int64_t rows_produced = 0;  // rows the producer made (not rows it was handed ready-made)
 };
 
 class ActivationSource {
@@ -35,6 +35,9 @@ class ActivationSource {
   virtual absl::Status Restore(const DataCursor& cursor) = 0;
   virtual absl::StatusOr<Batch> EvalSplit(int64_t max_rows) const = 0;
   virtual absl::StatusOr<torch::Tensor> Sample(int64_t rows) const = 0;
+  // The same sample read by this rank alone, never a collective: what the leader evaluates on when
+  // there is no held-out split. Only where EvalSplit works.
+  virtual absl::StatusOr<torch::Tensor> LocalSample(int64_t rows) const { return Sample(rows); }
   // Ground-truth feature directions [F, d] when the data is synthetic; undefined otherwise.
   virtual torch::Tensor ground_truth() const = 0;
   virtual SourceActivity activity() const { return {}; }

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <deque>
+#include <map>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -84,7 +85,9 @@ class LanguageModelSource : public ActivationSource {
         SAEGRID_ASSIGN_OR_RETURN(current_, TakeGroup());
         if (current_->epoch != cursor_.epoch) cursor_ = {current_->epoch, 0};
         position_ = std::exchange(skip_, 0);
-        if (current_->rows() == 0 && ++empty_groups > num_groups_) {
+        // Any 2 G consecutive buffers hold a whole epoch: all of them empty means every training
+        // position is excluded (fewer may be empty across an epoch boundary).
+        if (current_->rows() == 0 && ++empty_groups >= 2 * num_groups_) {
           return absl::InvalidArgumentError(absl::StrCat(
               "data.language_model.exclude_token_ids: every position of ", tokens_->path(), " is excluded"));
         }
@@ -129,6 +132,10 @@ class LanguageModelSource : public ActivationSource {
     StopProducer();
     current_.reset();
     position_ = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      sampled_groups_.clear();
+    }
     if (group == num_groups_) {  // exactly at the end of the epoch
       cursor_ = {cursor.epoch + 1, 0};
       skip_ = 0;
@@ -174,6 +181,12 @@ class LanguageModelSource : public ActivationSource {
       SAEGRID_ASSIGN_OR_RETURN(auto g, MakeGroup(order, 0, group));
       have += g->rows();
       xs.push_back(g->x);
+      // The producer starts with these buffers: it takes them instead of running the model again
+      // (with its own thread count the rounding could differ, so only with the trainer's).
+      if (model_threads_ == 0) {
+        absl::MutexLock lock(&mu_);
+        sampled_groups_[group] = g;
+      }
     }
     if (have == 0) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -282,7 +295,9 @@ class LanguageModelSource : public ActivationSource {
   // Makes groups in order from (epoch, group) on, kGroupsAhead ahead of the trainer, until
   // stopped or an error (which the trainer receives once the groups made before it are taken).
   void Produce(int64_t epoch, int64_t group) {
-    // This thread's OpenMP team (the trainer's thread keeps its own count).
+    // This thread's OpenMP team. LibTorch also records the count process-wide, for threads that
+    // start later; the trainer's thread, already running, keeps its own (with OpenMP, the
+    // CPU build's threading).
     if (model_threads_ > 0) at::set_num_threads(model_threads_);
     std::vector<int64_t> order = EpochOrder(epoch);
     while (true) {
@@ -294,8 +309,18 @@ class LanguageModelSource : public ActivationSource {
       }
       const auto start = std::chrono::steady_clock::now();
       GroupOrError made = absl::InternalError("no group");
+      std::shared_ptr<const GroupRows> sampled;
+      if (epoch == 0) {
+        absl::MutexLock lock(&mu_);
+        auto it = sampled_groups_.find(group);
+        if (it != sampled_groups_.end()) {
+          sampled = std::move(it->second);
+          sampled_groups_.erase(it);
+        }
+      }
+      const bool reused = sampled != nullptr;
       try {
-        made = MakeGroup(order, epoch, group, &stopping_);
+        made = reused ? GroupOrError(std::move(sampled)) : MakeGroup(order, epoch, group, &stopping_);
       } catch (const std::exception& e) {
         made = StatusFromException(e);
       }
@@ -307,7 +332,7 @@ class LanguageModelSource : public ActivationSource {
           error_ = made.status();
           return;
         }
-        activity_.rows_produced += (*made)->rows();
+        if (!reused) activity_.rows_produced += (*made)->rows();
         ready_.push_back(*std::move(made));
       }
       if (++group == num_groups_) {
@@ -356,6 +381,8 @@ class LanguageModelSource : public ActivationSource {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status error_ ABSL_GUARDED_BY(mu_);  // why the producer stopped, if it failed
   std::deque<std::shared_ptr<const GroupRows>> ready_ ABSL_GUARDED_BY(mu_);
+  // Epoch 0's first buffers, made by Sample (the trainer's initialisation), by group.
+  mutable std::map<int64_t, std::shared_ptr<const GroupRows>> sampled_groups_ ABSL_GUARDED_BY(mu_);
   SourceActivity activity_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -10,8 +10,9 @@
 //
 // A producer thread runs the model one group ahead of the trainer, so that the model's forward
 // and the SAE step overlap. Replica r of R keeps rows [r B/R, (r+1) B/R) of every global batch of
-// B rows, as the file-backed stream does, so the batches do not depend on the number of replicas.
-// The held-out split is the token file's last ceil(eval_fraction * N) sequences.
+// B rows, as the file-backed stream does, so the batches do not depend on the number of replicas;
+// the cost is that every replica runs the model over the whole buffer (R times the model work of
+// one process). The held-out split is the token file's last ceil(eval_fraction * N) sequences.
 #pragma once
 
 #include <torch/types.h>
@@ -37,10 +38,8 @@ struct LanguageModelData {
 };
 absl::StatusOr<LanguageModelData> OpenLanguageModelData(const LanguageModelDataConfig& config, torch::Device device);
 
-// Opens config.language_model: loads the model onto `model_device` and the token file, checks
-// the hookpoint and the context length against the model. Errors name the field or the file
-// (data.language_model.hookpoint: ..., a missing tensor of the model, an id out of range with
-// its file and offset when it is read).
+// Opens config.language_model (OpenLanguageModelData) for one replica. An id out of range is an
+// error with its file and offset when the batch that holds it is made.
 absl::StatusOr<std::unique_ptr<ActivationSource>> OpenLanguageModelSource(const DataConfig& config,
                                                                          int replica, int num_replicas,
                                                                          torch::Device model_device,

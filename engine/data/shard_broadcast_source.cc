@@ -52,7 +52,13 @@ class ShardBroadcastSource : public ActivationSource {
   DataCursor cursor() const override { return cursor_; }
 
   absl::Status Restore(const DataCursor& cursor) override {
-    if (leader()) SAEGRID_RETURN_IF_ERROR(source_->Restore(cursor));
+    absl::Status restored = leader() ? source_->Restore(cursor) : absl::OkStatus();
+    torch::Tensor ok = torch::full({1}, restored.ok() ? 1 : 0, torch::kLong);
+    SAEGRID_ASSIGN_OR_RETURN(ok, Share(ok));
+    if (!restored.ok()) return restored;
+    if (ok.to(torch::kCPU)[0].item<int64_t>() == 0) {
+      return absl::UnavailableError("shard 0 of this replica could not seek its data to the checkpoint's cursor (its log has the cause)");
+    }
     cursor_ = cursor;
     return absl::OkStatus();
   }
@@ -76,6 +82,11 @@ class ShardBroadcastSource : public ActivationSource {
       return absl::UnavailableError("shard 0 of this replica could not read the data sample (its log has the cause)");
     }
     return Share(leader() ? sample->contiguous() : torch::empty({n, d_}, torch::kFloat));
+  }
+
+  absl::StatusOr<torch::Tensor> LocalSample(int64_t rows) const override {
+    if (!leader()) return absl::FailedPreconditionError("the data sample is read on shard 0 of a replica only");
+    return source_->Sample(rows);
   }
 
   torch::Tensor ground_truth() const override { return leader() ? source_->ground_truth() : torch::Tensor(); }

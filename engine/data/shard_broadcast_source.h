@@ -5,9 +5,11 @@
 //
 // Every method that moves data is a collective of the shard group, called by all of its shards
 // at the same point (the trainer's construction and steps do): the constructor (the width),
-// NextBatch, Sample. A failure on shard 0 reaches the others as an error naming it, not as a hang.
-// EvalSplit is shard 0's alone (the trainer's leader evaluates). Restore takes the cursor on every
-// shard and seeks shard 0's source.
+// NextBatch, Sample, Restore (shard 0 seeks its source; every shard learns whether it could). A
+// failure on shard 0 reaches the others as an error naming it, not as a hang. EvalSplit and
+// LocalSample are shard 0's alone (the trainer's leader evaluates). The shared tensors are what a
+// source returns: float32 [rows, d] activations and int64 token ids; shard 0's source must give
+// exactly `rows_per_batch` rows per batch.
 #pragma once
 
 #include <memory>

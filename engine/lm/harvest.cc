@@ -92,7 +92,7 @@ absl::StatusOr<HarvestProgress> HarvestActivations(const LanguageModel& model, c
     std::vector<torch::Tensor> rows, ids;
     for (int64_t begin = first; begin < first + count; begin += o.sequences_per_batch) {
       SAEGRID_ASSIGN_OR_RETURN(auto batch, tokens.Read(begin, std::min(o.sequences_per_batch, first + count - begin)));
-      SAEGRID_ASSIGN_OR_RETURN(auto acts, model.Forward(batch, {o.hook}));
+      SAEGRID_ASSIGN_OR_RETURN(auto acts, model.Forward(batch.to(o.device), {o.hook}));
       const auto keep = ExcludedPositionMask(batch, o.excluded_ids).logical_not().reshape(-1);
       rows.push_back(acts[0].reshape({-1, model.d_model()}).index({keep}).to(torch::kCPU).to(o.dtype));
       ids.push_back(batch.reshape(-1).index({keep}));

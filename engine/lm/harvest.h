@@ -21,6 +21,7 @@ struct HarvestOptions {
   std::string output_dir;
   Hookpoint hook;
   std::string model_description;       // recorded in harvest.json (e.g. the model directory)
+  torch::Device device = torch::kCPU;  // where the model is: the token ids go there
   int64_t sequences_per_shard = 256;
   int64_t sequences_per_batch = 8;     // model batch
   int64_t max_sequences = 0;           // 0: the whole token file
