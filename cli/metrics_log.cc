@@ -62,6 +62,7 @@ v1::TrainingStep ToTrainingStep(const StepMetrics& m) {
   profile->set_allreduce(m.profile.allreduce);
   profile->set_backward(m.profile.backward);
   profile->set_optimizer(m.profile.optimizer);
+  profile->set_data(m.profile.data);
   return s;
 }
 

@@ -38,6 +38,8 @@ void ProgressPrinter::OnStart(int64_t step, int64_t total_steps, bool resumed) {
 
 void ProgressPrinter::OnStep(const StepMetrics& m) {
   if (tokens_at_start_ < 0) tokens_at_start_ = m.tokens - (m.tokens / std::max<int64_t>(m.step, 1));
+  step_seconds_ += m.step_seconds;
+  data_seconds_ += m.profile.data;
   if (quiet_ || !m.has_figures) return;  // a step whose figures were not read has nothing to show
   const auto now = std::chrono::steady_clock::now();
   const bool last = m.step == m.total_steps;
@@ -52,8 +54,13 @@ void ProgressPrinter::OnStep(const StepMetrics& m) {
       "step %d/%d | %s tok/s | FVU %.4f | L0 %.1f | dead %.2f%% | aux %.3g | lr %.2e | ETA %s",
       m.step, m.total_steps, Rate(rate), m.fvu, m.l0, 100 * m.dead_fraction, m.auxk_loss, m.lr,
       Duration(eta));
-  const std::string overflow =
+  std::string overflow =
       m.overflow_tokens_total > 0 ? absl::StrFormat(" | overflow %.2f%%", 100 * m.overflow_rate_total) : "";
+  // Steps that wait for their batch are bound by the data (a model run on the fly): say how much.
+  if (step_seconds_ > 0 && data_seconds_ >= 0.05 * step_seconds_) {
+    overflow += absl::StrFormat(" | waiting for data %.0f%%", 100 * data_seconds_ / step_seconds_);
+  }
+  step_seconds_ = data_seconds_ = 0;
   if (tty_) {
     absl::FPrintF(out_, "\r\033[K%s%s", line, overflow);
     line_open_ = true;

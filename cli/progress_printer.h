@@ -25,6 +25,8 @@ class ProgressPrinter : public TrainingObserver {
   bool line_open_ = false;
   int64_t first_step_ = 0;
   int64_t tokens_at_start_ = -1;
+  // Since the last line: the steps' time and the part of it spent waiting for data.
+  double step_seconds_ = 0, data_seconds_ = 0;
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point last_draw_;
 };

@@ -41,6 +41,7 @@ struct StepProfile {
   double allreduce = 0;   // partial reconstructions, variances, gradients, metrics
   double backward = 0;
   double optimizer = 0;   // clipping, Adam, decoder renormalisation, EMA, dead latents
+  double data = 0;        // waiting for the batch (a model run on the fly, or a file prefetch)
 };
 
 // How a latent-sharded, data-parallel forward pass reaches the other ranks.

@@ -257,6 +257,7 @@ absl::StatusOr<StepMetrics> Trainer::Step(bool figures) {
   const auto start = std::chrono::steady_clock::now();
   auto batch = source_->NextBatch();
   if (!batch.ok()) return batch.status();
+  const double data_seconds = Seconds(start);
   const int64_t global_tokens = config_.data.batch_size;
   const auto& mc = config_.model;
   const bool topk = mc.architecture == Architecture::kTopK;
@@ -264,6 +265,7 @@ absl::StatusOr<StepMetrics> Trainer::Step(bool figures) {
   Communicator* replicas = gang_->replica_group.get();
   StepMetrics m;
   m.has_figures = figures;
+  m.profile.data = data_seconds;
   parallel_.profile = &m.profile;
   using Clock = std::chrono::steady_clock;
 

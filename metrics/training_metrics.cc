@@ -44,6 +44,8 @@ TrainingMetrics::TrainingMetrics(prometheus::Registry& r)
       collective_seconds_(Hist(r, "saegrid_training_collective_duration_seconds",
                                "Time per step in collectives, by collective")),
       checkpoint_seconds_(Hist(r, "saegrid_checkpoint_write_duration_seconds", "Time to write one checkpoint")),
+      data_wait_seconds_(Hist(r, "saegrid_training_data_wait_duration_seconds",
+                              "Time per step waiting for the training batch (a language model run on the fly)")),
       ranks_running_(Gauge(r, "saegrid_worker_ranks_running", "Training ranks this worker runs").Add({})),
       rank_results_(Counter(r, "saegrid_worker_rank_results_total", "Ranks that ended on this worker, by outcome")) {}
 
@@ -66,6 +68,7 @@ TrainingMetrics::Rank::Rank(TrainingMetrics* owner, const std::string& job_id, i
   step_seconds_ = Track(owner->step_seconds_, labels, kSecondsBuckets);
   allgather_ = Track(owner->collective_seconds_, with("collective", "allgather"), kSecondsBuckets);
   allreduce_ = Track(owner->collective_seconds_, with("collective", "allreduce"), kSecondsBuckets);
+  data_wait_ = Track(owner->data_wait_seconds_, labels, kSecondsBuckets);
   if (!leader_) return;
   fvu_ = Track(owner->fvu_, labels);
   mse_ = Track(owner->mse_, labels);
@@ -95,6 +98,7 @@ void TrainingMetrics::Rank::OnStep(const v1::TrainingStep& s) {
   if (s.has_profile()) {
     allgather_->Observe(s.profile().allgather());
     allreduce_->Observe(s.profile().allreduce());
+    data_wait_->Observe(s.profile().data());
   }
   if (!leader_) return;
   fvu_->Set(p.fvu());

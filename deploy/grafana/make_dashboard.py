@@ -28,6 +28,11 @@ PANELS = [
          f"sum by (collective, rank) (rate(saegrid_training_collective_duration_seconds_sum{J}[1m])) / "
          f"sum by (collective, rank) (rate(saegrid_training_collective_duration_seconds_count{J}[1m]))"),
     ], 12),
+    ("Waiting for data (share of step time)", "percentunit", [
+        ("{{job_id}} rank {{rank}}",
+         f"sum by (job_id, rank) (rate(saegrid_training_data_wait_duration_seconds_sum{J}[1m])) / "
+         f"sum by (job_id, rank) (rate(saegrid_training_step_duration_seconds_sum{J}[1m]))"),
+    ], 12),
     ("Capacity overflows", "percentunit", [
         ("{{job_id}} share of tokens", f"saegrid_job_capacity_overflow_ratio{J}"),
         ("{{job_id}} tokens/s", f"sum by (job_id) (rate(saegrid_training_capacity_overflow_tokens_total{J}[1m]))"),
