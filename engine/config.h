@@ -123,7 +123,8 @@ struct CheckpointConfig {
 };
 
 struct EvaluationConfig {
-  // Optional ground truth for recovery metrics: a safetensors file with "features" [F, d].
+  // Optional ground truth for recovery metrics: a safetensors file with "features" [F, d_in]
+  // (toy data made elsewhere; the synthetic generator has its own).
   std::string ground_truth_path;
   double recovery_cosine = 0.9;
 };

@@ -16,6 +16,7 @@
 #include "engine/device.h"
 #include "engine/host_reads.h"
 #include "engine/lm/language_model.h"
+#include "engine/safetensors.h"
 #include "engine/runtime.h"
 #include "engine/sharded_selection.h"
 
@@ -57,6 +58,24 @@ absl::Status CheckCompatible(const ModelConfig& want, const ModelConfig& have, c
                                          ": model.normalize_inputs differs from the checkpoint");
   }
   return absl::OkStatus();
+}
+
+// The true features evaluation compares the decoder with: evaluation.ground_truth_path's
+// "features" [F, d_in], else the data's own (the synthetic generator's), else none.
+absl::StatusOr<torch::Tensor> LoadGroundTruth(const TrainConfig& config, const ActivationSource& source, int64_t d) {
+  const std::string& path = config.evaluation.ground_truth_path;
+  if (path.empty()) return source.ground_truth();
+  auto file = SafetensorsFile::Open(path);
+  if (!file.ok()) return absl::InvalidArgumentError(absl::StrCat("evaluation.ground_truth_path: ", file.status().message()));
+  auto features = file->Get("features");
+  if (!features.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("evaluation.ground_truth_path ", path, ": no tensor \"features\""));
+  }
+  if (features->dim() != 2 || features->size(1) != d || features->size(0) == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("evaluation.ground_truth_path ", path, ": \"features\" is ",
+                                                   c10::str(features->sizes()), ", expected [F, ", d, "] (F > 0)"));
+  }
+  return features->to(torch::kFloat).clone();
 }
 
 // MSE in the raw activations' units: the SAE sees s x under a dataset-wide input scale s (FVU is
@@ -132,6 +151,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
                                                    layout.shards, ")"));
   }
   t->config_.model = model;
+  auto truth = LoadGroundTruth(config, *t->source_, d);
+  if (!truth.ok()) return truth.status();
+  t->ground_truth_ = *truth;
   t->model_ = std::make_unique<SaeModel>(model, layout.shard(), layout.shards, t->device_);
   const int64_t per_shard = model.num_latents / layout.shards;
   const auto& pc = config.parallelism;
@@ -181,6 +203,14 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
       t->model_->set_input_scale(t->config_.model.input_scale);
     }
     t->model_->Initialize(t->model_->NormalizeInputs(sample->to(t->device_)), config.training.seed);
+    if (config.data.use_synthetic && t->is_leader()) {
+      // The generator's true features, for evaluating other SAEs of the same data
+      // (evaluation.ground_truth_path).
+      std::error_code ec;
+      std::filesystem::create_directories(config.checkpoint.output_dir, ec);
+      const std::string path = (std::filesystem::path(config.checkpoint.output_dir) / "ground_truth.safetensors").string();
+      SAEGRID_RETURN_IF_ERROR(WriteSafetensors(path, {{"features", t->ground_truth_.contiguous()}}));
+    }
   }
   auto st = t->CheckSameStart();
   if (!st.ok()) return st;
@@ -456,8 +486,7 @@ absl::StatusOr<EvalResult> Trainer::Evaluate() {
     }
   }
   const SaeModel full = SaeModel::ForInference(config_.model);
-  torch::Tensor truth = source_->ground_truth();
-  EvalResult result = saegrid::Evaluate(full, *weights, *eval_inputs_, truth,
+  EvalResult result = saegrid::Evaluate(full, *weights, *eval_inputs_, ground_truth_,
                                        dead / config_.model.num_latents, config_.evaluation.recovery_cosine);
   result.split = eval_split_;
   result.mse = RawMse(result.mse, config_.model);

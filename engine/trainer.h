@@ -130,6 +130,7 @@ class Trainer {
   bool resumed_ = false;
   std::string resumed_from_;
   std::optional<torch::Tensor> eval_inputs_;
+  torch::Tensor ground_truth_;  // [F, d_in] true features (evaluation.ground_truth_path or the data's own)
   std::string eval_split_ = "held_out";
   std::atomic<bool> stop_requested_{false};
 };

@@ -275,6 +275,12 @@ absl::StatusOr<TrainConfig> ToTrainConfig(const v1::JobSpec& spec) {
   if (k.has_export_saelens()) c.checkpoint.export_saelens = k.export_saelens();
   if (k.has_resume()) c.checkpoint.resume = k.resume();
 
+  if (!spec.evaluation().ground_truth_path().empty()) {
+    if (c.data.use_synthetic) {
+      return Bad("evaluation.ground_truth_path", "data.synthetic has its own ground truth; set one or the other");
+    }
+    c.evaluation.ground_truth_path = spec.evaluation().ground_truth_path();
+  }
   if (spec.evaluation().has_recovery_cosine()) {
     SAEGRID_RETURN_IF_ERROR(InRange("evaluation.recovery_cosine", spec.evaluation().recovery_cosine(), 0.0, 1.0));
     c.evaluation.recovery_cosine = spec.evaluation().recovery_cosine();

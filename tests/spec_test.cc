@@ -205,6 +205,17 @@ TEST(JobSpec, LanguageModelDataMapsAndItsErrorsAreNamed) {
               HasSubstr("set exactly one of data.path, data.synthetic and data.language_model"));
 }
 
+TEST(JobSpec, GroundTruthPathIsAcceptedForActivationFilesOnly) {
+  auto spec = ParseJobSpec("data: {path: /x}\ntraining: {total_tokens: 8}\nevaluation: {ground_truth_path: /t.safetensors}\n",
+                           "job.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  auto c = ToTrainConfig(*spec);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->evaluation.ground_truth_path, "/t.safetensors");
+  EXPECT_THAT(SpecError(std::string(kValid) + "evaluation: {ground_truth_path: /t.safetensors}\n"),
+              HasSubstr("evaluation.ground_truth_path: data.synthetic has its own ground truth"));
+}
+
 TEST(JobSpec, ShippedExamplesAreValid) {
   const std::filesystem::path examples = std::filesystem::path(SAEGRID_SOURCE_DIR) / "examples";
   int count = 0;
