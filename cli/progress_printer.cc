@@ -54,19 +54,19 @@ void ProgressPrinter::OnStep(const StepMetrics& m) {
       "step %d/%d | %s tok/s | FVU %.4f | L0 %.1f | dead %.2f%% | aux %.3g | lr %.2e | ETA %s",
       m.step, m.total_steps, Rate(rate), m.fvu, m.l0, 100 * m.dead_fraction, m.auxk_loss, m.lr,
       Duration(eta));
-  std::string overflow =
+  std::string extras =
       m.overflow_tokens_total > 0 ? absl::StrFormat(" | overflow %.2f%%", 100 * m.overflow_rate_total) : "";
   // Steps that wait for their batch are bound by the data (a model run on the fly): say how much.
   if (step_seconds_ > 0 && data_seconds_ >= 0.05 * step_seconds_) {
-    overflow += absl::StrFormat(" | waiting for data %.0f%%", 100 * data_seconds_ / step_seconds_);
+    extras += absl::StrFormat(" | waiting for data %.0f%%", 100 * data_seconds_ / step_seconds_);
   }
   step_seconds_ = data_seconds_ = 0;
   if (tty_) {
-    absl::FPrintF(out_, "\r\033[K%s%s", line, overflow);
+    absl::FPrintF(out_, "\r\033[K%s%s", line, extras);
     line_open_ = true;
     if (last) EndLine();
   } else {
-    absl::FPrintF(out_, "%s%s\n", line, overflow);
+    absl::FPrintF(out_, "%s%s\n", line, extras);
   }
   std::fflush(out_);
 }

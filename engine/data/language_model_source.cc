@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "base/status_macros.h"
+#include "engine/lm/harvest.h"
 #include "engine/lm/hf_checkpoint.h"
 #include "engine/lm/language_model.h"
 #include "engine/lm/token_file.h"
@@ -156,10 +157,10 @@ class LanguageModelSource : public ActivationSource {
     for (int64_t first = num_train_; first < num_train_ + num_eval_ && have < max_rows; first += sequences_per_forward_) {
       const int64_t count = std::min(sequences_per_forward_, num_train_ + num_eval_ - first);
       SAEGRID_ASSIGN_OR_RETURN(torch::Tensor ids, tokens_->Read(first, count));
-      SAEGRID_ASSIGN_OR_RETURN(auto rows, Activations(ids));
-      have += rows.first.size(0);
-      xs.push_back(std::move(rows.first));
-      ts.push_back(std::move(rows.second));
+      SAEGRID_ASSIGN_OR_RETURN(KeptRows rows, ActivationsAtKeptPositions(*model_, hook_, ids, excluded_, device()));
+      have += rows.x.size(0);
+      xs.push_back(std::move(rows.x));
+      ts.push_back(std::move(rows.tokens));
     }
     Batch batch;
     if (xs.empty()) {
@@ -231,19 +232,6 @@ class LanguageModelSource : public ActivationSource {
     return all - ExcludedPositionMask(tokens, excluded_).sum().item<int64_t>();
   }
 
-  // The hookpoint's activations at the kept positions of `ids` [n, T], and their token ids.
-  absl::StatusOr<std::pair<torch::Tensor, torch::Tensor>> Activations(const torch::Tensor& ids) const {
-    SAEGRID_ASSIGN_OR_RETURN(auto acts, model_->Forward(ids.to(device()), {hook_}));
-    torch::Tensor x = acts[0].reshape({-1, model_->d_model()}).to(torch::kCPU, torch::kFloat);
-    torch::Tensor t = ids.reshape(-1);
-    if (!excluded_.empty()) {
-      const torch::Tensor keep = ExcludedPositionMask(ids, excluded_).logical_not().reshape(-1);
-      x = x.index({keep});
-      t = t.index({keep});
-    }
-    return std::make_pair(x.contiguous(), t.contiguous());
-  }
-
   torch::Device device() const { return model_device_; }
 
   // `stopping` (optional): checked between model batches, so that a stopped producer does not
@@ -255,9 +243,10 @@ class LanguageModelSource : public ActivationSource {
     std::vector<torch::Tensor> xs, ts;
     for (int64_t first = 0; first < ids.size(0); first += sequences_per_forward_) {
       if (stopping != nullptr && stopping->load()) return absl::CancelledError("the producer was stopped");
-      SAEGRID_ASSIGN_OR_RETURN(auto rows, Activations(ids.narrow(0, first, std::min(sequences_per_forward_, ids.size(0) - first))));
-      xs.push_back(std::move(rows.first));
-      ts.push_back(std::move(rows.second));
+      const torch::Tensor batch = ids.narrow(0, first, std::min(sequences_per_forward_, ids.size(0) - first));
+      SAEGRID_ASSIGN_OR_RETURN(KeptRows rows, ActivationsAtKeptPositions(*model_, hook_, batch, excluded_, device()));
+      xs.push_back(std::move(rows.x));
+      ts.push_back(std::move(rows.tokens));
     }
     auto out = std::make_shared<GroupRows>();
     out->epoch = epoch;

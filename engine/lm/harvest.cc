@@ -40,6 +40,21 @@ nlohmann::json Describe(const LanguageModel& model, const TokenFile& tokens, con
 
 }  // namespace
 
+absl::StatusOr<KeptRows> ActivationsAtKeptPositions(const LanguageModel& model, const Hookpoint& hook,
+                                                    const torch::Tensor& ids, const std::vector<int64_t>& excluded_ids,
+                                                    torch::Device device) {
+  SAEGRID_ASSIGN_OR_RETURN(auto acts, model.Forward(ids.to(device), {hook}));
+  KeptRows rows{acts[0].reshape({-1, model.d_model()}).to(torch::kCPU, torch::kFloat), ids.reshape(-1)};
+  if (!excluded_ids.empty()) {
+    const torch::Tensor keep = ExcludedPositionMask(ids, excluded_ids).logical_not().reshape(-1);
+    rows.x = rows.x.index({keep});
+    rows.tokens = rows.tokens.index({keep});
+  }
+  rows.x = rows.x.contiguous();
+  rows.tokens = rows.tokens.contiguous();
+  return rows;
+}
+
 absl::StatusOr<HarvestProgress> HarvestActivations(const LanguageModel& model, const TokenFile& tokens,
                                                    const HarvestOptions& o,
                                                    const std::function<void(const HarvestProgress&)>& on_shard) {
@@ -92,10 +107,9 @@ absl::StatusOr<HarvestProgress> HarvestActivations(const LanguageModel& model, c
     std::vector<torch::Tensor> rows, ids;
     for (int64_t begin = first; begin < first + count; begin += o.sequences_per_batch) {
       SAEGRID_ASSIGN_OR_RETURN(auto batch, tokens.Read(begin, std::min(o.sequences_per_batch, first + count - begin)));
-      SAEGRID_ASSIGN_OR_RETURN(auto acts, model.Forward(batch.to(o.device), {o.hook}));
-      const auto keep = ExcludedPositionMask(batch, o.excluded_ids).logical_not().reshape(-1);
-      rows.push_back(acts[0].reshape({-1, model.d_model()}).index({keep}).to(torch::kCPU).to(o.dtype));
-      ids.push_back(batch.reshape(-1).index({keep}));
+      SAEGRID_ASSIGN_OR_RETURN(KeptRows kept, ActivationsAtKeptPositions(model, o.hook, batch, o.excluded_ids, o.device));
+      rows.push_back(kept.x.to(o.dtype));
+      ids.push_back(std::move(kept.tokens));
     }
     const auto x = torch::cat(rows), t = torch::cat(ids);
     if (npy) {

@@ -17,6 +17,18 @@
 
 namespace saegrid {
 
+// One model batch: the hookpoint's activations at the positions of `ids` [n, T] (int64, CPU) that
+// hold none of `excluded_ids`, as float32 rows on the CPU [kept, d_model], and their ids [kept].
+// `device` is where the model is. The harvest and the on-the-fly source
+// (engine/data/language_model_source.h) both make their rows with it.
+struct KeptRows {
+  torch::Tensor x;
+  torch::Tensor tokens;
+};
+absl::StatusOr<KeptRows> ActivationsAtKeptPositions(const LanguageModel& model, const Hookpoint& hook,
+                                                    const torch::Tensor& ids, const std::vector<int64_t>& excluded_ids,
+                                                    torch::Device device);
+
 struct HarvestOptions {
   std::string output_dir;
   Hookpoint hook;
