@@ -33,6 +33,7 @@ bench: build
 	./$(BUILD_DIR)/bench/step_bench
 	./$(BUILD_DIR)/bench/shard_bench
 	./$(BUILD_DIR)/bench/lm_bench
+	./$(BUILD_DIR)/bench/toy_eval_bench
 
 clean:
 	rm -rf $(BUILD_DIR) $(BUILD_DIR)-fuzz out

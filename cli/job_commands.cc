@@ -422,6 +422,50 @@ int RunDownloadCommand(int argc, char** argv) {
   return kExitOk;
 }
 
+namespace {
+
+// The papers' evaluations the job ran (evaluation.run), from GetEvaluation's typed fields.
+void PrintEvaluations(const v1::Evaluation& e) {
+  auto line = [](const char* label, const std::string& value) { absl::PrintF("  %-28s %s\n", label, value); };
+  if (e.has_downstream_loss()) {
+    const auto& d = e.downstream_loss();
+    line("loss recovered", absl::StrFormat("%.4f (mean ablation %.4f)", d.loss_recovered(), d.loss_recovered_mean_ablation()));
+    line("CE clean / SAE / zero", absl::StrFormat("%.4f / %.4f / %.4f nats", d.ce_clean(), d.ce_sae(), d.ce_zero_ablation()));
+    line("KL(clean || SAE)", absl::StrFormat("%.4g nats", d.kl_sae()));
+  }
+  if (e.has_ablation_sparsity()) {
+    const auto& a = e.ablation_sparsity();
+    line("ablation sparsity", absl::StrFormat("%.4g (coordinate baseline %.4g; %d ablations)", a.mean(), a.baseline_mean(),
+                                              a.samples()));
+  }
+  if (e.has_token_stats()) {
+    line("effective tokens per latent", absl::StrFormat("mean %.3g, median %.3g", e.token_stats().mean_effective_tokens(),
+                                                        e.token_stats().median_effective_tokens()));
+  }
+  if (e.has_top_examples()) line("top examples", absl::StrFormat("%d latents (top_examples.json)", e.top_examples().latents()));
+  if (e.has_n2g()) {
+    const auto& n = e.n2g();
+    line("N2G precision/recall/F1", absl::StrFormat("%.3f / %.3f / %.3f over %d latents", n.precision(), n.recall(), n.f1(),
+                                                    n.latents()));
+  }
+  if (e.has_probes()) {
+    const auto& p = e.probes();
+    line("probe loss latent/channel", absl::StrFormat("%.4f / %.4f (prior %.4f, %d tasks)", p.mean_latent_loss(),
+                                                      p.mean_channel_loss(), p.mean_prior_loss(), p.tasks()));
+  }
+  if (e.has_shrinkage()) {
+    const auto& s = e.shrinkage();
+    line("shrinkage", absl::StrFormat("%.4f (FVU %.4f -> %.4f)", s.mean_ratio(), s.fvu_before(), s.fvu_after()));
+  }
+  if (e.has_sae_comparison()) {
+    const auto& c = e.sae_comparison();
+    line("novel / reconstruction", absl::StrFormat("%.3f / %.3f at cosine %.2f", c.novel_fraction(),
+                                                   c.reconstruction_fraction(), c.threshold()));
+  }
+}
+
+}  // namespace
+
 int RunResultsCommand(int argc, char** argv) {
   static const char usage[] = "usage: saegrid results JOB\n";
   ClientConnection conn;
@@ -443,9 +487,14 @@ int RunResultsCommand(int argc, char** argv) {
     return kExitOk;
   }
   for (const auto& [key, value] : j.items()) {
+    if (key == "evaluations") continue;  // printed from the typed fields below
     if (value.is_object() || value.is_array()) absl::PrintF("  %-28s %s\n", key, value.dump());
     else if (value.is_number_float()) absl::PrintF("  %-28s %.6g\n", key, value.get<double>());
     else absl::PrintF("  %-28s %s\n", key, value.dump());
+  }
+  PrintEvaluations(evaluation);
+  if (j.contains("evaluations") && j["evaluations"].contains("error")) {
+    absl::PrintF("  %-28s %s\n", "evaluations failed", j["evaluations"]["error"].get<std::string>());
   }
   return kExitOk;
 }

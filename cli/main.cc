@@ -20,6 +20,7 @@ constexpr char kUsage[] =
     "commands:\n"
     "  train     train an SAE locally from a job specification (saegrid train --help)\n"
     "  harvest   cache a language model's activations as shards (saegrid harvest --help)\n"
+    "  eval      run the papers' evaluations on a checkpoint (saegrid eval --help)\n"
     "  submit    submit a job to the coordinator (FILE [--wait])\n"
     "  get       show a job (JOB [--events])\n"
     "  list      list jobs (--state, --label, --page-size, --all)\n"
@@ -59,6 +60,7 @@ int main(int argc, char** argv) {
   namespace cli = saegrid::cli;
   if (command == "train") return ExecTrainer(argc - 2, argv + 2);
   if (command == "harvest") return ExecTrainer(argc - 2, argv + 2, "harvest");
+  if (command == "eval") return ExecTrainer(argc - 2, argv + 2, "eval");
   if (command == "submit") return cli::RunSubmitCommand(argc - 2, argv + 2);
   if (command == "get") return cli::RunGetCommand(argc - 2, argv + 2);
   if (command == "list") return cli::RunListCommand(argc - 2, argv + 2);

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
+#include "engine/eval/suite.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace saegrid::cli {
@@ -66,6 +67,77 @@ v1::TrainingStep ToTrainingStep(const StepMetrics& m) {
   return s;
 }
 
+// The figures of the evaluations that ran, as typed fields (each message present only then).
+void SetSuiteResults(const SuiteReport& r, v1::Evaluation* e) {
+  if (const auto& d = r.downstream_loss) {
+    auto* m = e->mutable_downstream_loss();
+    m->set_sequences(d->sequences);
+    m->set_positions(d->positions);
+    m->set_ce_clean(d->ce_clean);
+    m->set_ce_sae(d->ce_sae);
+    m->set_ce_zero_ablation(d->ce_zero_ablation);
+    m->set_ce_mean_ablation(d->ce_mean_ablation);
+    m->set_loss_recovered(d->loss_recovered);
+    m->set_loss_recovered_mean_ablation(d->loss_recovered_mean_ablation);
+    m->set_kl_sae(d->kl_sae);
+    m->set_kl_zero_ablation(d->kl_zero_ablation);
+  }
+  if (const auto& a = r.ablation_sparsity) {
+    auto* m = e->mutable_ablation_sparsity();
+    m->set_horizon(a->horizon);
+    m->set_latents(a->latents);
+    m->set_samples(a->samples);
+    m->set_mean(a->mean);
+    m->set_median(a->median);
+    m->set_baseline_samples(a->baseline_samples);
+    m->set_baseline_mean(a->baseline_mean);
+    m->set_baseline_median(a->baseline_median);
+  }
+  if (const auto& t = r.token_stats) {
+    auto* m = e->mutable_token_stats();
+    m->set_latents_fired(t->latents_fired);
+    m->set_mean_entropy(t->mean_entropy);
+    m->set_mean_effective_tokens(t->mean_effective_tokens);
+    m->set_median_effective_tokens(t->median_effective_tokens);
+  }
+  if (const auto& n = r.n2g) {
+    auto* m = e->mutable_n2g();
+    m->set_latents(n->latents);
+    m->set_precision(n->precision);
+    m->set_recall(n->recall);
+    m->set_f1(n->f1);
+  }
+  if (const auto& p = r.probes) {
+    auto* m = e->mutable_probes();
+    m->set_tasks(static_cast<int64_t>(p->tasks.size()));
+    m->set_rows(p->rows);
+    m->set_mean_latent_loss(p->mean_latent_loss);
+    m->set_mean_channel_loss(p->mean_channel_loss);
+    m->set_mean_prior_loss(p->mean_prior_loss);
+  }
+  if (const auto& s = r.shrinkage) {
+    auto* m = e->mutable_shrinkage();
+    m->set_tokens(s->tokens);
+    m->set_mean_ratio(s->mean_ratio);
+    m->set_fvu_before(s->fvu_before);
+    m->set_fvu_after(s->fvu_after);
+  }
+  if (const auto& c = r.sae_comparison) {
+    auto* m = e->mutable_sae_comparison();
+    m->set_other_checkpoint(c->other_checkpoint);
+    m->set_other_latents(c->other_latents);
+    m->set_threshold(c->threshold);
+    m->set_novel_fraction(c->novel_fraction);
+    m->set_reconstruction_fraction(c->reconstruction_fraction);
+    m->set_mean_max_cosine(c->mean_max_cosine);
+  }
+  if (const auto& t = r.top_examples) {
+    auto* m = e->mutable_top_examples();
+    m->set_latents(t->latents);
+    m->set_examples_per_latent(t->examples_per_latent);
+  }
+}
+
 v1::Evaluation ToEvaluation(const EvalResult& result, int64_t step) {
   v1::Evaluation e;
   e.set_step(step);
@@ -73,6 +145,7 @@ v1::Evaluation ToEvaluation(const EvalResult& result, int64_t step) {
   e.set_mse(result.mse);
   e.set_l0(result.l0);
   e.set_dead_fraction(result.dead_fraction);
+  if (result.evaluations) SetSuiteResults(*result.evaluations, &e);
   e.set_evaluation_json(EvalResultToJson(result).dump(2));
   return e;
 }

@@ -1,5 +1,7 @@
 #include "coordinator/coordinator_metrics.h"
 
+#include <limits>
+
 #include "google/protobuf/util/time_util.h"
 
 namespace saegrid::coordinator {
@@ -29,6 +31,18 @@ const Figure kJobFigures[] = {
     {"saegrid_job_progress_timestamp_seconds", "Unix time of the job's newest progress report"},
     {"saegrid_job_evaluation_fvu", "FVU of the job's final evaluation"},
     {"saegrid_job_evaluation_dead_latents_ratio", "Dead-latent fraction of the job's final evaluation"},
+    // The papers' evaluations (evaluation.run): NaN until the job reports them.
+    {"saegrid_job_evaluation_loss_recovered", "Loss recovered with the SAE spliced in, (CE_zero - CE_sae) / (CE_zero - CE_clean)"},
+    {"saegrid_job_evaluation_ce_increase_nats", "Cross-entropy increase with the SAE spliced in, CE_sae - CE_clean"},
+    {"saegrid_job_evaluation_kl_nats", "Mean KL divergence of the spliced model's next-token distribution from the clean one"},
+    {"saegrid_job_evaluation_ablation_sparsity", "Mean ablation sparsity (L1/L2)^2/(V*T) of the sampled latents"},
+    {"saegrid_job_evaluation_ablation_sparsity_baseline", "Mean ablation sparsity of single hookpoint coordinates"},
+    {"saegrid_job_evaluation_effective_tokens", "Mean effective number of tokens per latent"},
+    {"saegrid_job_evaluation_n2g_f1", "Mean N2G F1 over the sampled latents"},
+    {"saegrid_job_evaluation_probe_loss", "Mean best 1-d probe cross-entropy on a latent over the tasks"},
+    {"saegrid_job_evaluation_probe_baseline_loss", "Mean best 1-d probe cross-entropy on an input channel"},
+    {"saegrid_job_evaluation_shrinkage_ratio", "Refined / original activations with the active set frozen (> 1: shrinkage)"},
+    {"saegrid_job_evaluation_novel_latents_ratio", "Fraction of latents with max decoder cosine below the threshold to the compared SAE"},
 };
 
 std::string StateLabel(v1::JobState s) {
@@ -104,6 +118,7 @@ void CoordinatorMetrics::Refresh(const std::map<std::string, v1::Job>& jobs,
       series = job_series_.emplace(id, std::move(s)).first;
     }
     const auto& p = job.progress();
+    constexpr double kNan = std::numeric_limits<double>::quiet_NaN();
     auto it = evaluations.find(id);
     const v1::Evaluation* e = it == evaluations.end() ? nullptr : it->second;
     const double values[] = {p.fvu(), p.mse(), p.l0(), p.auxk_loss(), p.dead_fraction(),
@@ -112,7 +127,18 @@ void CoordinatorMetrics::Refresh(const std::map<std::string, v1::Job>& jobs,
                              p.tokens_per_second(), p.lr(), p.overflow_rate(), static_cast<double>(job.restarts()),
                              job.state() == v1::JOB_STATE_RUNNING ? 1.0 : 0.0,
                              static_cast<double>(p.report_time().seconds()) + p.report_time().nanos() * 1e-9,
-                             e ? e->fvu() : 0.0, e ? e->dead_fraction() : 0.0};
+                             e ? e->fvu() : 0.0, e ? e->dead_fraction() : 0.0,
+                             e && e->has_downstream_loss() ? e->downstream_loss().loss_recovered() : kNan,
+                             e && e->has_downstream_loss() ? e->downstream_loss().ce_sae() - e->downstream_loss().ce_clean() : kNan,
+                             e && e->has_downstream_loss() ? e->downstream_loss().kl_sae() : kNan,
+                             e && e->has_ablation_sparsity() ? e->ablation_sparsity().mean() : kNan,
+                             e && e->has_ablation_sparsity() ? e->ablation_sparsity().baseline_mean() : kNan,
+                             e && e->has_token_stats() ? e->token_stats().mean_effective_tokens() : kNan,
+                             e && e->has_n2g() ? e->n2g().f1() : kNan,
+                             e && e->has_probes() ? e->probes().mean_latent_loss() : kNan,
+                             e && e->has_probes() ? e->probes().mean_channel_loss() : kNan,
+                             e && e->has_shrinkage() ? e->shrinkage().mean_ratio() : kNan,
+                             e && e->has_sae_comparison() ? e->sae_comparison().novel_fraction() : kNan};
     static_assert(sizeof(values) / sizeof(values[0]) == sizeof(kJobFigures) / sizeof(kJobFigures[0]));
     for (size_t i = 0; i < job_figures_.size(); ++i) series->second.gauges[i]->Set(values[i]);
   }

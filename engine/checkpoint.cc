@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/eval/suite.h"
 #include "engine/safetensors.h"
 #include "formats/trainer_state.h"
 
@@ -245,6 +246,10 @@ absl::StatusOr<std::string> FinishCheckpoint(const std::string& output_dir, cons
   if (c.evaluation != nullptr) {
     st = WriteJson((tmp_dir / "evaluation.json").string(), EvalResultToJson(*c.evaluation));
     if (!st.ok()) return st;
+    if (c.evaluation->evaluations && c.evaluation->evaluations->top_examples) {
+      st = WriteJson((tmp_dir / "top_examples.json").string(), c.evaluation->evaluations->top_examples->file);
+      if (!st.ok()) return st;
+    }
   }
   std::error_code ec;
   fs::remove_all(final_dir, ec);
@@ -289,6 +294,46 @@ absl::StatusOr<ModelConfig> ReadCheckpointModel(const std::string& step_dir) {
   auto record = ReadTrainerStateFile((fs::path(step_dir) / "trainer_state.json").string());
   if (!record.ok()) return record.status();
   return ModelConfigFromRecord(record->model);
+}
+
+absl::StatusOr<PublishedSae> LoadPublishedSae(const std::string& path) {
+  PublishedSae out;
+  // "run/checkpoints/step_1/" names the same step as "run/checkpoints/step_1".
+  fs::path normal = fs::path(path).lexically_normal();
+  if (normal.has_parent_path() && normal.filename().empty()) normal = normal.parent_path();
+  out.step_dir = normal.string();
+  std::error_code ec;
+  if (!fs::exists(fs::path(out.step_dir) / "trainer_state.json", ec)) {
+    auto latest = FindLatestCheckpoint(out.step_dir);
+    if (!latest.ok()) return latest.status();
+    if (latest->empty()) {
+      return absl::NotFoundError(absl::StrCat(path, ": neither a checkpoint step directory (no trainer_state.json) ",
+                                              "nor an output directory with checkpoints"));
+    }
+    out.step_dir = *latest;
+  }
+  auto record = ReadTrainerStateFile((fs::path(out.step_dir) / "trainer_state.json").string());
+  if (!record.ok()) return record.status();
+  out.model = ModelConfigFromRecord(record->model);
+  out.step = record->step;
+  out.tokens = record->tokens;
+  out.hookpoint = record->hookpoint.empty() ? "sae" : record->hookpoint;
+  // The sparsify export holds the published weights with the input scale folded out; fold it
+  // back in so that the recorded config applies.
+  ModelConfig exported;
+  auto params = LoadSparsifySae((fs::path(out.step_dir) / out.hookpoint).string(), &exported);
+  if (!params.ok()) return params.status();
+  if (exported.num_latents != out.model.num_latents || exported.d_in != out.model.d_in) {
+    return absl::DataLossError(absl::StrCat(out.step_dir, ": the sparsify export's shape [", exported.num_latents, ", ",
+                                            exported.d_in, "] differs from trainer_state.json's [",
+                                            out.model.num_latents, ", ", out.model.d_in, "]"));
+  }
+  if (out.model.normalize_inputs == InputNormalization::kDatasetConstant) {
+    params->b_enc = params->b_enc * out.model.input_scale;
+    params->b_pre = params->b_pre * out.model.input_scale;
+  }
+  out.params = *std::move(params);
+  return out;
 }
 
 absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& step_dir, int64_t latent_begin,

@@ -8,6 +8,7 @@
 //       (a sharded run writes one trainer_state.shard-SSSSS-of-TTTTT.safetensors per latent
 //       shard instead; trainer_state.json lists the slices and their latent ranges)
 //     evaluation.json                                     when the step was evaluated
+//     top_examples.json                                   when evaluation.run had top_examples
 //
 // The published weights (sparsify, SAELens) are the EMA weights when EMA is on, else the raw
 // weights; the trainer state always holds the raw weights and optimiser moments.
@@ -106,6 +107,20 @@ absl::Status PruneCheckpoints(const std::string& output_dir, int64_t keep_last);
 // Reads a sparsify-layout SAE (<dir>/cfg.json + <dir>/sae.safetensors) as float32 parameters;
 // `config` receives what cfg.json states.
 absl::StatusOr<SaeParameters> LoadSparsifySae(const std::string& dir, ModelConfig* config);
+
+// The weights a checkpoint publishes (the EMA's when EMA was on), in the space the SAE was trained
+// in: its model config (normalisation and input scale included) applies to raw inputs as it did in
+// training. `path` is a step directory, or an output directory (its newest step). What the
+// evaluations and a meta-SAE's data read.
+struct PublishedSae {
+  std::string step_dir;
+  std::string hookpoint;
+  int64_t step = 0;
+  int64_t tokens = 0;
+  ModelConfig model;
+  SaeParameters params;
+};
+absl::StatusOr<PublishedSae> LoadPublishedSae(const std::string& path);
 
 nlohmann::json ModelConfigToJson(const ModelConfig& config);
 // The inverse, validated by ParseTrainerStateModel (formats/trainer_state.h).

@@ -88,8 +88,11 @@ struct LanguageModelDataConfig {
 
 struct DataConfig {
   // Exactly one source: `path` (a directory of shards, a manifest .json, or a single shard
-  // file), `synthetic`, or `language_model` (its model_path set).
+  // file), `synthetic`, `language_model` (its model_path set), or `decoder_rows`.
   std::string path;
+  // A meta-SAE's data (seed 003): the published decoder rows W_dec [n, d] of another SAE's
+  // checkpoint (a step directory, or an output directory's newest step), one row per example.
+  std::string decoder_rows;
   LanguageModelDataConfig language_model;
   bool uses_language_model() const { return !language_model.model_path.empty(); }
   bool use_synthetic = false;
@@ -122,11 +125,55 @@ struct CheckpointConfig {
   bool gather_to_leader = false;
 };
 
+// The papers' evaluations beyond reconstruction (engine/eval/), named in EvaluationConfig::run.
+// Those marked "model" need data.language_model; the others run on activations.
+struct LanguageModelEvalConfig {
+  // Held-out sequences (the token file's evaluation split) the model-based evaluations read.
+  int64_t sequences = 64;
+  // ablation_sparsity: latents sampled, active tokens per latent, and positions T from the
+  // ablated token on whose logits the effect is measured.
+  int64_t ablation_latents = 16;
+  int64_t ablation_tokens_per_latent = 4;
+  int64_t ablation_horizon = 16;
+  // n2g: latents sampled; examples to build each explanation from, and as many held out.
+  int64_t n2g_latents = 16;
+  int64_t n2g_examples = 16;
+  // top_examples: the most activating tokens kept per latent, and the tokens of context before
+  // and after each in the export.
+  int64_t top_examples = 16;
+  int64_t context_before = 12;
+  int64_t context_after = 4;
+};
+
+struct ProbeEvalConfig {
+  // A labelled set for 1-d probes: labels [N] or [N, T] (.npy; 0/1, any numeric dtype) aligned
+  // row for row with the activation rows of `activations_path` (default: data.path). Synthetic
+  // data needs neither: its tasks are "true feature f is active" on held-out samples.
+  std::string labels_path;
+  std::string activations_path;
+  std::vector<std::string> task_names;  // default: "task_0", ...
+  int64_t max_rows = 8192;
+  int64_t max_tasks = 32;  // synthetic data: the most frequent true features
+};
+
 struct EvaluationConfig {
   // Optional ground truth for recovery metrics: a safetensors file with "features" [F, d_in]
   // (toy data made elsewhere; the synthetic generator has its own).
   std::string ground_truth_path;
   double recovery_cosine = 0.9;
+  // The evaluations to run on the final weights (engine/eval/suite.h lists the names):
+  // downstream_loss, ablation_sparsity, n2g, token_stats, top_examples (model);
+  // probes, shrinkage, sae_comparison (activations).
+  std::vector<std::string> run;
+  bool at_checkpoints = false;  // also at each periodic checkpoint
+  uint64_t seed = 0;            // which latents and tokens the sampled evaluations take
+  LanguageModelEvalConfig language_model;
+  ProbeEvalConfig probes;
+  int64_t shrinkage_iterations = 200;
+  // sae_comparison: a smaller SAE on the same hookpoint (a checkpoint step or output directory)
+  // and the max-cosine threshold between novel and reconstruction latents.
+  std::string compare_checkpoint;
+  double novel_threshold = 0.7;
 };
 
 struct ParallelConfig {

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/eval/suite.h"
 
 namespace saegrid {
 
@@ -110,6 +111,7 @@ nlohmann::json EvalResultToJson(const EvalResult& r) {
                          {"recovery_cosine", r.recovery_cosine},
                          {"recovered_fraction", r.recovered_fraction}};
   }
+  if (r.evaluations) j["evaluations"] = SuiteReportToJson(*r.evaluations);
   return j;
 }
 

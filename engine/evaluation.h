@@ -5,6 +5,7 @@
 
 #include <torch/types.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,8 @@
 #include "nlohmann/json.hpp"
 
 namespace saegrid {
+
+struct SuiteReport;  // engine/eval/suite.h
 
 struct EvalResult {
   // "held_out" normally; "training_sample" when the data has no held-out blocks
@@ -47,6 +50,8 @@ struct EvalResult {
   int64_t training_overflow_tokens = 0;   // over the whole run
   double training_overflow_rate = 0;
   double eval_overflow_rate = 0;          // the evaluation tokens under the same (S, k_in)
+  // The papers' evaluations of evaluation.run, when they ran (evaluation.json's "evaluations").
+  std::shared_ptr<const SuiteReport> evaluations;
 };
 
 // `inputs` are raw activations (normalised here as the model is configured); `weights` the

@@ -5,7 +5,9 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <future>
 #include <limits>
+#include <optional>
 
 #include "base/status_macros.h"
 #include "absl/status/status.h"
@@ -14,6 +16,7 @@
 #include "engine/checkpoint.h"
 #include "engine/data/shard_broadcast_source.h"
 #include "engine/device.h"
+#include "engine/eval/suite.h"
 #include "engine/host_reads.h"
 #include "engine/lm/language_model.h"
 #include "engine/safetensors.h"
@@ -464,7 +467,54 @@ SaeParameters Trainer::PublishedWeights() const {
   return {avg[0], avg[1], avg[2], avg[3]};
 }
 
-absl::StatusOr<EvalResult> Trainer::Evaluate() {
+absl::StatusOr<EvalResult> Trainer::Evaluate(bool run_suite) {
+  std::optional<SaeParameters> weights;
+  auto result = EvaluateReconstruction(&weights);
+  if (!result.ok()) return result;
+  if (run_suite && !config_.evaluation.run.empty()) {
+    SAEGRID_RETURN_IF_ERROR(RunSuiteWhilePeersWait(weights ? &*weights : nullptr, &*result));
+  }
+  return result;
+}
+
+// Rank 0 runs the evaluations on a thread of its own while every rank, itself included, joins an
+// all-reduce each second until they are done: however long they take, no collective waits longer
+// than that (a peer blocked in the checkpoint's first collective would time out).
+absl::Status Trainer::RunSuiteWhilePeersWait(const SaeParameters* weights, EvalResult* result) {
+  std::future<SuiteReport> pending;
+  // A stop request arrived: its grace period is running, so the evaluations are skipped.
+  const bool run = is_leader() && weights != nullptr && !stop_requested_.load();
+  if (run) {
+    pending = std::async(std::launch::async, [this, weights] {
+      SuiteInputs inputs;
+      inputs.config = &config_;
+      inputs.model = config_.model;
+      inputs.params = weights;
+      inputs.device = device_;
+      inputs.eval_rows = *eval_inputs_;
+      inputs.eval_rows_split = eval_split_;
+      absl::StatusOr<SuiteReport> report = absl::InternalError("not run");
+      try {
+        report = RunEvaluationSuite(inputs, config_.evaluation.run);
+      } catch (const std::exception& e) {
+        report = StatusFromException(e);
+      }
+      if (report.ok()) return *std::move(report);
+      SuiteReport failed;
+      failed.error = std::string(report.status().message());
+      return failed;
+    });
+  }
+  for (;;) {
+    double done = !run || pending.wait_for(std::chrono::seconds(1)) == std::future_status::ready ? 1 : 0;
+    SAEGRID_RETURN_IF_ERROR(AllReduceScalars(gang_->world.get(), ReduceOp::kMin, {&done}));
+    if (done > 0) break;
+  }
+  if (run) result->evaluations = std::make_shared<const SuiteReport>(pending.get());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<EvalResult> Trainer::EvaluateReconstruction(std::optional<SaeParameters>* leader_weights) {
   // Collective parts first (every rank): the dead count over the shards, the merged weights
   // over replica 0's shards.
   double dead = static_cast<double>(dead_->CountDead(config_.model.dead_tokens_threshold));
@@ -499,6 +549,7 @@ absl::StatusOr<EvalResult> Trainer::Evaluate() {
     result.eval_overflow_rate = ShardedOverflowRate(full.NormalizeInputs(*eval_inputs_), *weights,
                                                     layout.shards, parallel_.k_in, config_.model.k);
   }
+  *leader_weights = *std::move(weights);
   return result;
 }
 
@@ -647,12 +698,21 @@ absl::StatusOr<EvalResult> Trainer::Train(TrainingObserver* observer) {
     if (observer) observer->OnStep(*m);
     if (stopping) break;  // the final checkpoint below is this step's
     if (every > 0 && step_ % every == 0 && step_ < total_steps_) {
-      auto dir = WriteCheckpointNow(nullptr);
+      // evaluation.at_checkpoints: the evaluations at each periodic checkpoint too (rank 0 runs
+      // them while its peers wait at the checkpoint's first collective).
+      std::optional<EvalResult> periodic;
+      if (config_.evaluation.at_checkpoints && !config_.evaluation.run.empty()) {
+        auto eval = Evaluate(/*run_suite=*/true);
+        if (!eval.ok()) return eval.status();
+        periodic = *std::move(eval);
+      }
+      auto dir = WriteCheckpointNow(periodic && is_leader() ? &*periodic : nullptr);
       if (!dir.ok()) return dir.status();
       if (observer) observer->OnCheckpoint(*dir, step_);
     }
   }
-  auto eval = Evaluate();
+  // A stopped run checkpoints promptly (a grace period is running): no evaluation suite.
+  auto eval = Evaluate(/*run_suite=*/!stopping);
   if (!eval.ok()) return eval.status();
   if (observer && is_leader()) observer->OnEvaluation(*eval);
   auto dir = WriteCheckpointNow(is_leader() ? &*eval : nullptr);

@@ -75,7 +75,10 @@ class Trainer {
   // reads the device once (engine/host_reads.h), plus once on the first step of a run and once
   // more with gradient clipping.
   absl::StatusOr<StepMetrics> Step(bool figures);
-  absl::StatusOr<EvalResult> Evaluate();
+  // Reconstruction figures on the held-out rows (every rank takes part; rank 0 gets them), and with
+  // `run_suite` the evaluations of evaluation.run on rank 0 (engine/eval/suite.h): a failure of
+  // one of those is reported in the result's evaluations, not as an error of the run.
+  absl::StatusOr<EvalResult> Evaluate(bool run_suite = false);
   absl::StatusOr<std::string> WriteCheckpointNow(const EvalResult* evaluation);
   // Safe from another thread or a signal handler: the loop checkpoints and returns after the
   // current step.
@@ -107,6 +110,10 @@ class Trainer {
   absl::Status Resume(const std::string& step_dir);
   absl::Status CheckSameStart();
   absl::StatusOr<SaeParameters> GatherPublishedWeights();
+  // Evaluate's parts: the reconstruction figures (rank 0 also gets the published weights), and the
+  // evaluations of evaluation.run on rank 0 while the other ranks wait in short all-reduces.
+  absl::StatusOr<EvalResult> EvaluateReconstruction(std::optional<SaeParameters>* leader_weights);
+  absl::Status RunSuiteWhilePeersWait(const SaeParameters* weights, EvalResult* result);
   absl::Status GatherStateSlicesToLeader(const SaeParameters& raw, const TrainerState& state);
 
   TrainConfig config_;

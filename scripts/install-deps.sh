@@ -19,6 +19,8 @@ packages=(
   nlohmann-json3-dev libyaml-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev
   # helpers used by scripts and tests
   python3 python3-numpy python3-grpcio python3-protobuf python3-kubernetes python3-yaml jq
+  # `saegrid eval`'s PNG figures (docs/evaluations.md)
+  gnuplot-nox
   # deployment checks: promtool (prometheus), docker-compose config; `kubectl kustomize` uses the
   # kubectl of the base image (not in Debian's archive)
   docker-compose

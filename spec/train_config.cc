@@ -1,11 +1,14 @@
 #include "spec/train_config.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "base/device_name.h"
 #include "base/status_macros.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "engine/eval/evaluation_names.h"
 
 namespace saegrid {
 namespace {
@@ -149,11 +152,13 @@ absl::Status MapLanguageModel(const v1::LanguageModelDataSpec& s, LanguageModelD
 }
 
 absl::Status MapData(const v1::DataSpec& s, DataConfig* d) {
-  const int sources = (s.path().empty() ? 0 : 1) + (s.has_synthetic() ? 1 : 0) + (s.has_language_model() ? 1 : 0);
+  const int sources = (s.path().empty() ? 0 : 1) + (s.has_synthetic() ? 1 : 0) + (s.has_language_model() ? 1 : 0) +
+                      (s.decoder_rows().empty() ? 0 : 1);
   if (sources != 1) {
-    return Bad("data", "set exactly one of data.path, data.synthetic and data.language_model");
+    return Bad("data", "set exactly one of data.path, data.synthetic, data.language_model and data.decoder_rows");
   }
   d->path = s.path();
+  d->decoder_rows = s.decoder_rows();
   d->use_synthetic = s.has_synthetic();
   if (s.has_language_model()) SAEGRID_RETURN_IF_ERROR(MapLanguageModel(s.language_model(), &d->language_model));
   if (s.has_synthetic()) {
@@ -192,6 +197,67 @@ absl::Status MapData(const v1::DataSpec& s, DataConfig* d) {
   if (s.eval_max_tokens() != 0) SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("data.eval_max_tokens", s.eval_max_tokens(), 1, int64_t{1} << 26));
   if (s.eval_max_tokens() != 0) d->eval_max_tokens = s.eval_max_tokens();
   d->seed = s.seed();
+  return absl::OkStatus();
+}
+
+// evaluation.run and the evaluations' own fields (engine/eval/suite.h runs them).
+absl::Status MapEvaluationRuns(const v1::EvaluationSpec& s, const DataConfig& data, EvaluationConfig* e) {
+  e->at_checkpoints = s.at_checkpoints();
+  e->seed = s.seed();
+  const auto& m = s.language_model();
+  auto count = [](const char* field, int64_t value, int64_t hi, int64_t* out) -> absl::Status {
+    if (value == 0) return absl::OkStatus();
+    SAEGRID_RETURN_IF_ERROR(InRange<int64_t>(absl::StrCat("evaluation.", field), value, 1, hi));
+    *out = value;
+    return absl::OkStatus();
+  };
+  auto& lm = e->language_model;
+  SAEGRID_RETURN_IF_ERROR(count("language_model.sequences", m.sequences(), 1 << 20, &lm.sequences));
+  SAEGRID_RETURN_IF_ERROR(count("language_model.ablation_latents", m.ablation_latents(), 1 << 16, &lm.ablation_latents));
+  SAEGRID_RETURN_IF_ERROR(count("language_model.ablation_tokens_per_latent", m.ablation_tokens_per_latent(), 1 << 10,
+                                &lm.ablation_tokens_per_latent));
+  SAEGRID_RETURN_IF_ERROR(count("language_model.ablation_horizon", m.ablation_horizon(), 1 << 12, &lm.ablation_horizon));
+  SAEGRID_RETURN_IF_ERROR(count("language_model.n2g_latents", m.n2g_latents(), 1 << 16, &lm.n2g_latents));
+  SAEGRID_RETURN_IF_ERROR(count("language_model.n2g_examples", m.n2g_examples(), 1 << 10, &lm.n2g_examples));
+  SAEGRID_RETURN_IF_ERROR(count("language_model.top_examples", m.top_examples(), 1 << 12, &lm.top_examples));
+  if (m.has_context_before()) {
+    SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("evaluation.language_model.context_before", m.context_before(), 0, 1 << 12));
+    lm.context_before = m.context_before();
+  }
+  if (m.has_context_after()) {
+    SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("evaluation.language_model.context_after", m.context_after(), 0, 1 << 12));
+    lm.context_after = m.context_after();
+  }
+  const auto& p = s.probes();
+  e->probes.labels_path = p.labels_path();
+  e->probes.activations_path = p.activations_path();
+  for (int i = 0; i < p.task_names_size(); ++i) {
+    if (p.task_names(i).empty()) return Bad(absl::StrCat("evaluation.probes.task_names[", i, "]"), "is empty");
+    e->probes.task_names.push_back(p.task_names(i));
+  }
+  SAEGRID_RETURN_IF_ERROR(count("probes.max_rows", p.max_rows(), int64_t{1} << 24, &e->probes.max_rows));
+  SAEGRID_RETURN_IF_ERROR(count("probes.max_tasks", p.max_tasks(), 1 << 16, &e->probes.max_tasks));
+  SAEGRID_RETURN_IF_ERROR(count("shrinkage_iterations", s.shrinkage_iterations(), 1 << 20, &e->shrinkage_iterations));
+  e->compare_checkpoint = s.compare_checkpoint();
+  if (s.has_novel_threshold()) {
+    SAEGRID_RETURN_IF_ERROR(InRange("evaluation.novel_threshold", s.novel_threshold(), -1.0, 1.0));
+    e->novel_threshold = s.novel_threshold();
+  }
+  TrainConfig with;  // what MissingForEvaluation reads
+  with.data = data;
+  with.evaluation = *e;
+  for (int i = 0; i < s.run_size(); ++i) {
+    const std::string& name = s.run(i);
+    const std::string field = absl::StrCat("evaluation.run[", i, "]");
+    if (!IsEvaluationName(name)) {
+      return Bad(field, "unknown evaluation \"" + name + "\" (" + absl::StrJoin(EvaluationNames(), ", ") + ")");
+    }
+    if (std::find(e->run.begin(), e->run.end(), name) != e->run.end()) return Bad(field, "\"" + name + "\" is listed twice");
+    const std::string missing = MissingForEvaluation(name, with);
+    if (missing == "data.language_model") return Bad(field, name + " needs data.language_model");
+    if (!missing.empty()) return Bad(missing, "is required by " + name);
+    e->run.push_back(name);
+  }
   return absl::OkStatus();
 }
 
@@ -285,6 +351,7 @@ absl::StatusOr<TrainConfig> ToTrainConfig(const v1::JobSpec& spec) {
     SAEGRID_RETURN_IF_ERROR(InRange("evaluation.recovery_cosine", spec.evaluation().recovery_cosine(), 0.0, 1.0));
     c.evaluation.recovery_cosine = spec.evaluation().recovery_cosine();
   }
+  SAEGRID_RETURN_IF_ERROR(MapEvaluationRuns(spec.evaluation(), c.data, &c.evaluation));
   SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("resources.num_threads", spec.resources().num_threads(), 0, 1024));
   c.runtime.num_threads = static_cast<int>(spec.resources().num_threads());
   return c;

@@ -99,7 +99,10 @@ std::string JobSpec() {
          "  eval_max_tokens: 2048\n"
          "training: {total_tokens: 256000, log_every_steps: 5}\n"
          "parallelism: {shards: 2, capacity_factor: 2, timeout_seconds: 20}\n"
-         "checkpoint: {every_steps: 100}\n";
+         "checkpoint: {every_steps: 100}\n"
+         "evaluation:\n"
+         "  run: [probes, shrinkage]\n"
+         "  probes: {max_rows: 2048, max_tasks: 4}\n";
 }
 
 TEST(Metrics, PrometheusScrapesTheServiceAndFiguresAgree) {
@@ -192,6 +195,17 @@ TEST(Metrics, PrometheusScrapesTheServiceAndFiguresAgree) {
   EXPECT_GT(evaluation.dead_fraction(), 0) << "the spec makes some latents die";
   EXPECT_NEAR(*dead, evaluation.dead_fraction(), 1e-12);
   EXPECT_NEAR(*Sample(*coordinator, "saegrid_job_evaluation_dead_latents_ratio" + job), evaluation.dead_fraction(), 1e-12);
+  // The papers' evaluations the spec names arrive typed and are exported as they are; those it
+  // does not name are NaN, not a misleading 0.
+  ASSERT_TRUE(evaluation.has_probes() && evaluation.has_shrinkage()) << evaluation.DebugString();
+  EXPECT_EQ(evaluation.probes().tasks(), 4);
+  EXPECT_LT(evaluation.probes().mean_latent_loss(), evaluation.probes().mean_prior_loss());
+  EXPECT_NEAR(*Sample(*coordinator, "saegrid_job_evaluation_probe_loss" + job), evaluation.probes().mean_latent_loss(), 1e-12);
+  EXPECT_NEAR(*Sample(*coordinator, "saegrid_job_evaluation_shrinkage_ratio" + job), evaluation.shrinkage().mean_ratio(), 1e-12);
+  EXPECT_FALSE(evaluation.has_downstream_loss());
+  const auto loss_recovered = Sample(*coordinator, "saegrid_job_evaluation_loss_recovered" + job);
+  ASSERT_TRUE(loss_recovered);
+  EXPECT_TRUE(std::isnan(*loss_recovered));
   EXPECT_EQ(*Sample(*coordinator, "saegrid_job_step" + job), 1000);
   EXPECT_EQ(*Sample(*coordinator, "saegrid_job_tokens" + job), 256000);
   EXPECT_EQ(*Sample(*coordinator, "saegrid_jobs{state=\"succeeded\"}"), 1);

@@ -969,6 +969,39 @@ TEST(Service, LanguageModelExampleRunsLocallyAndThroughTheService) {
   ASSERT_TRUE(local_eval.is_object());
   EXPECT_LT(local_eval["fvu"].get<double>(), 1.0);
 
+  // `saegrid eval` on the local checkpoint: evaluations.json, the top examples and the figures.
+  const std::string evals = cluster.dir() / "evals";
+  ASSERT_EQ(testing::RunProcess({SAEGRID_BINARY, "eval", "--checkpoint", local, "--config", cluster.dir() / "local.yaml",
+                                 "--only", "downstream_loss,top_examples", "--output-dir", evals, "--threads", "1"},
+                                cluster.dir() / "eval.log", 300),
+            0)
+      << testing::ReadFile(cluster.dir() / "eval.log");
+  EXPECT_THAT(testing::ReadFile(cluster.dir() / "eval.log"), HasSubstr("eval: downstream_loss"));
+  const auto evaluations = nlohmann::json::parse(testing::ReadFile(evals + "/evaluations.json"), nullptr, false);
+  ASSERT_TRUE(evaluations.is_object());
+  EXPECT_EQ(evaluations["step"], 8);
+  const double recovered = evaluations["evaluations"]["downstream_loss"]["loss_recovered"].get<double>();
+  EXPECT_GT(recovered, 0.0);
+  EXPECT_LE(recovered, 1.05);
+  const auto top = nlohmann::json::parse(testing::ReadFile(evals + "/top_examples.json"), nullptr, false);
+  ASSERT_TRUE(top.is_object());
+  EXPECT_EQ(top["format"], "saegrid.top_examples.v1");
+  EXPECT_GT(top["latents"].size(), 0u);
+  for (const char* png : {"density_histogram.png", "l0_fvu.png", "loss_recovered.png"}) {
+    EXPECT_EQ(testing::ReadFile(evals + "/" + png).substr(0, 8), "\x89PNG\r\n\x1a\n") << png;
+  }
+  // Bad requests are refused by name, without writing anything.
+  ASSERT_EQ(testing::RunProcess({SAEGRID_BINARY, "eval", "--checkpoint", cluster.dir() / "nowhere", "--config",
+                                 cluster.dir() / "local.yaml"},
+                                cluster.dir() / "eval-missing.log", 60),
+            2);
+  EXPECT_THAT(testing::ReadFile(cluster.dir() / "eval-missing.log"), HasSubstr("--checkpoint: "));
+  ASSERT_EQ(testing::RunProcess({SAEGRID_BINARY, "eval", "--checkpoint", local, "--config", cluster.dir() / "local.yaml",
+                                 "--only", "vibes"},
+                                cluster.dir() / "eval-unknown.log", 60),
+            2);
+  EXPECT_THAT(testing::ReadFile(cluster.dir() / "eval-unknown.log"), HasSubstr("unknown evaluation 'vibes'"));
+
   // Through the service.
   const std::string job_id = SubmitWithCli(cluster, ExampleWith("lm_service.yaml", tiny, kTokens), "lm");
   ASSERT_FALSE(job_id.empty());
@@ -979,6 +1012,16 @@ TEST(Service, LanguageModelExampleRunsLocallyAndThroughTheService) {
   EXPECT_GT(evaluation.fvu(), 0);
   EXPECT_LT(evaluation.fvu(), 1.0);
   EXPECT_GT(evaluation.l0(), 0);
+  // The example's evaluation.run, typed in GetEvaluation.
+  ASSERT_TRUE(evaluation.has_downstream_loss()) << evaluation.evaluation_json();
+  EXPECT_GT(evaluation.downstream_loss().loss_recovered(), 0.0);
+  EXPECT_EQ(evaluation.downstream_loss().sequences(), 16);
+  ASSERT_TRUE(evaluation.has_ablation_sparsity() && evaluation.has_token_stats() && evaluation.has_n2g() &&
+              evaluation.has_top_examples());
+  EXPECT_GT(evaluation.ablation_sparsity().samples(), 0);
+  EXPECT_EQ(evaluation.n2g().latents(), 8);
+  EXPECT_GE(evaluation.token_stats().mean_effective_tokens(), 1.0);
+  EXPECT_FALSE(evaluation.has_probes());
 }
 
 }  // namespace

@@ -70,7 +70,7 @@ TEST(JobSpec, BadValuesAreNamedWithTheRule) {
               HasSubstr("model.k: (9) exceeds model.num_latents (8)"));
   EXPECT_THAT(SpecError("data: {path: x}\n"), HasSubstr("training.total_tokens: is required"));
   EXPECT_THAT(SpecError("data: {path: x, synthetic: {}}\ntraining: {total_tokens: 1}\n"),
-              HasSubstr("set exactly one of data.path, data.synthetic and data.language_model"));
+              HasSubstr("set exactly one of data.path, data.synthetic, data.language_model and data.decoder_rows"));
   EXPECT_THAT(SpecError(base + "checkpoint: {hookpoint: ../escape}\n"), HasSubstr("checkpoint.hookpoint"));
   EXPECT_THAT(SpecError(base + "data: {path: x, batch_size: 0}\n"), HasSubstr("data"));
   EXPECT_THAT(SpecError("model: {num_latents: 99999999999}\ndata: {path: x}\ntraining: {total_tokens: 1}\n"),
@@ -202,7 +202,7 @@ TEST(JobSpec, LanguageModelDataMapsAndItsErrorsAreNamed) {
   EXPECT_THAT(SpecError(lm + "{model_path: /m, tokens_path: /t, hookpoint: h.1, layers: 3}\n"),
               HasSubstr("data.language_model.layers: unknown field"));
   EXPECT_THAT(SpecError(lm + "{model_path: /m, tokens_path: /t, hookpoint: h.1}\n  path: /x\n"),
-              HasSubstr("set exactly one of data.path, data.synthetic and data.language_model"));
+              HasSubstr("set exactly one of data.path, data.synthetic, data.language_model and data.decoder_rows"));
 }
 
 TEST(JobSpec, GroundTruthPathIsAcceptedForActivationFilesOnly) {
@@ -214,6 +214,45 @@ TEST(JobSpec, GroundTruthPathIsAcceptedForActivationFilesOnly) {
   EXPECT_EQ(c->evaluation.ground_truth_path, "/t.safetensors");
   EXPECT_THAT(SpecError(std::string(kValid) + "evaluation: {ground_truth_path: /t.safetensors}\n"),
               HasSubstr("evaluation.ground_truth_path: data.synthetic has its own ground truth"));
+}
+
+TEST(JobSpec, EvaluationsAreNamedCheckedAndMapped) {
+  const std::string lm =
+      "data:\n  language_model: {model_path: /m, tokens_path: /t, hookpoint: h.1}\ntraining: {total_tokens: 8}\n";
+  auto spec = ParseJobSpec(lm + "evaluation:\n  run: [downstream_loss, n2g, shrinkage]\n  at_checkpoints: true\n"
+                                "  seed: 4\n  language_model: {sequences: 8, ablation_horizon: 4, context_before: 0}\n"
+                                "  shrinkage_iterations: 50\n",
+                           "job.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  auto c = ToTrainConfig(*spec);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->evaluation.run, (std::vector<std::string>{"downstream_loss", "n2g", "shrinkage"}));
+  EXPECT_TRUE(c->evaluation.at_checkpoints);
+  EXPECT_EQ(c->evaluation.seed, 4u);
+  EXPECT_EQ(c->evaluation.language_model.sequences, 8);
+  EXPECT_EQ(c->evaluation.language_model.ablation_horizon, 4);
+  EXPECT_EQ(c->evaluation.language_model.context_before, 0);
+  EXPECT_EQ(c->evaluation.language_model.context_after, 4);  // the default
+  EXPECT_EQ(c->evaluation.shrinkage_iterations, 50);
+  EXPECT_THAT(SpecError(lm + "evaluation: {run: [vibes]}\n"), HasSubstr("evaluation.run[0]: unknown evaluation \"vibes\""));
+  EXPECT_THAT(SpecError(lm + "evaluation: {run: [n2g, n2g]}\n"), HasSubstr("evaluation.run[1]: \"n2g\" is listed twice"));
+  EXPECT_THAT(SpecError(std::string(kValid) + "evaluation: {run: [downstream_loss]}\n"),
+              HasSubstr("evaluation.run[0]: downstream_loss needs data.language_model"));
+  EXPECT_THAT(SpecError(lm + "evaluation: {run: [probes]}\n"), HasSubstr("evaluation.probes.labels_path: is required"));
+  EXPECT_THAT(SpecError(lm + "evaluation: {run: [sae_comparison]}\n"),
+              HasSubstr("evaluation.compare_checkpoint: is required by sae_comparison"));
+  EXPECT_THAT(SpecError(lm + "evaluation: {language_model: {sequences: -1}}\n"),
+              HasSubstr("evaluation.language_model.sequences"));
+  EXPECT_THAT(SpecError(lm + "evaluation: {novel_threshold: 2}\n"), HasSubstr("evaluation.novel_threshold"));
+  EXPECT_THAT(SpecError(lm + "evaluation: {probes: {task_names: [a, \"\"]}}\n"),
+              HasSubstr("evaluation.probes.task_names[1]: is empty"));
+  // Synthetic data labels its own probes; a meta-SAE's data is another checkpoint's decoder.
+  EXPECT_EQ(SpecError(std::string(kValid) + "evaluation: {run: [probes, shrinkage]}\n"), "OK");
+  auto meta = ParseJobSpec("data: {decoder_rows: /runs/big}\ntraining: {total_tokens: 8}\n", "job.yaml");
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  auto mc = ToTrainConfig(*meta);
+  ASSERT_TRUE(mc.ok()) << mc.status();
+  EXPECT_EQ(mc->data.decoder_rows, "/runs/big");
 }
 
 TEST(JobSpec, ShippedExamplesAreValid) {

@@ -9,9 +9,15 @@ import sys
 J = '{job_id=~"$job_id"}'
 PANELS = [
     # title, unit, [(legend, expr)], width
-    ("FVU (fraction of variance unexplained)", "percentunit", [("{{job_id}}", f"saegrid_job_fvu{J}")], 12),
-    ("MSE", "none", [("{{job_id}}", f"saegrid_job_mse{J}")], 12),
+    ("FVU (fraction of variance unexplained)", "percentunit", [("{{job_id}}", f"saegrid_job_fvu{J}")], 8),
+    # The final evaluation's downstream loss (evaluation.run: downstream_loss), next to FVU and the
+    # dead latents: NaN (no point) until a job reports it.
+    ("Loss recovered with the SAE spliced in", "percentunit", [
+        ("{{job_id}}", f"saegrid_job_evaluation_loss_recovered{J}"),
+        ("{{job_id}} FVU (final evaluation)", f"saegrid_job_evaluation_fvu{J}"),
+    ], 8),
     ("Dead latents (fraction)", "percentunit", [("{{job_id}}", f"saegrid_job_dead_latents_ratio{J}")], 8),
+    ("MSE", "none", [("{{job_id}}", f"saegrid_job_mse{J}")], 8),
     ("Dead latents (count)", "none", [("{{job_id}}", f"saegrid_job_dead_latents{J}")], 8),
     ("L0 (active latents per token)", "none", [("{{job_id}}", f"saegrid_job_l0{J}")], 8),
     ("Tokens per second", "short", [
@@ -44,6 +50,21 @@ PANELS = [
         ("{{job_id}}", f"saegrid_job_restarts{J}"),
         ("all jobs, last hour", "sum(increase(saegrid_job_restarts_total[1h])) or vector(0)"),
     ], 12),
+    # The papers' other evaluations of the final SAE (docs/evaluations.md), each beside its baseline.
+    ("Ablation sparsity: latents vs coordinates", "none", [
+        ("{{job_id}} latents", f"saegrid_job_evaluation_ablation_sparsity{J}"),
+        ("{{job_id}} coordinates", f"saegrid_job_evaluation_ablation_sparsity_baseline{J}"),
+    ], 8),
+    ("1-d probe loss: latents vs input channels", "none", [
+        ("{{job_id}} latents", f"saegrid_job_evaluation_probe_loss{J}"),
+        ("{{job_id}} channels", f"saegrid_job_evaluation_probe_baseline_loss{J}"),
+    ], 8),
+    ("Shrinkage, N2G F1, novel latents", "none", [
+        ("{{job_id}} shrinkage ratio", f"saegrid_job_evaluation_shrinkage_ratio{J}"),
+        ("{{job_id}} N2G F1", f"saegrid_job_evaluation_n2g_f1{J}"),
+        ("{{job_id}} novel latents", f"saegrid_job_evaluation_novel_latents_ratio{J}"),
+        ("{{job_id}} effective tokens", f"saegrid_job_evaluation_effective_tokens{J}"),
+    ], 8),
     ("Checkpoint writes", "s", [
         ("{{job_id}} mean write time",
          f"sum by (job_id) (rate(saegrid_checkpoint_write_duration_seconds_sum{J}[5m])) / "

@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/checkpoint.h"
 #include "engine/data/language_model_source.h"
 #include "engine/data/synthetic.h"
 #include "engine/runtime.h"
@@ -208,6 +209,11 @@ absl::StatusOr<std::unique_ptr<ActivationSource>> OpenActivationSource(const Dat
     SyntheticData data = GenerateSyntheticData(config.synthetic);
     shards.push_back(ActivationShard::InMemory("synthetic", data.samples));
     ground_truth = data.features;
+  } else if (!config.decoder_rows.empty()) {
+    // A meta-SAE learns a dictionary of another SAE's decoder directions, one row per example.
+    auto sae = LoadPublishedSae(config.decoder_rows);
+    if (!sae.ok()) return absl::Status(sae.status().code(), absl::StrCat("data.decoder_rows: ", sae.status().message()));
+    shards.push_back(ActivationShard::InMemory("decoder_rows", sae->params.w_dec.contiguous()));
   } else {
     auto paths = ListShardPaths(config.path);
     if (!paths.ok()) return paths.status();

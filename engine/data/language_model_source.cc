@@ -57,9 +57,7 @@ class LanguageModelSource : public ActivationSource {
         model_device_(model_device) {
     const int64_t n = tokens_->num_sequences();
     const int64_t context = tokens_->context_length();
-    num_eval_ = config.eval_fraction > 0 && n > 1
-                    ? std::clamp<int64_t>(static_cast<int64_t>(std::ceil(config.eval_fraction * n)), 1, n - 1)
-                    : 0;
+    num_eval_ = HeldOutSequences(n, config.eval_fraction).count;
     num_train_ = n - num_eval_;
     group_sequences_ = config.language_model.shuffle_sequences > 0
                            ? config.language_model.shuffle_sequences
@@ -380,6 +378,14 @@ absl::Status FieldError(const std::string& field, absl::string_view message) {
 }
 
 }  // namespace
+
+SequenceRange HeldOutSequences(int64_t num_sequences, double eval_fraction) {
+  const int64_t count =
+      eval_fraction > 0 && num_sequences > 1
+          ? std::clamp<int64_t>(static_cast<int64_t>(std::ceil(eval_fraction * num_sequences)), 1, num_sequences - 1)
+          : 0;
+  return {num_sequences - count, count};
+}
 
 absl::StatusOr<LanguageModelData> OpenLanguageModelData(const LanguageModelDataConfig& c, torch::Device device) {
   if (c.model_path.empty()) return FieldError("model_path", "is required");

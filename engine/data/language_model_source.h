@@ -36,6 +36,14 @@ struct LanguageModelData {
   std::unique_ptr<TokenFile> tokens;
   Hookpoint hook;
 };
+// The held-out sequences of a token file of `num_sequences`: the last ceil(eval_fraction * N), at
+// least one and leaving one for training when eval_fraction > 0 and N > 1; none otherwise.
+struct SequenceRange {
+  int64_t first = 0;
+  int64_t count = 0;
+};
+SequenceRange HeldOutSequences(int64_t num_sequences, double eval_fraction);
+
 absl::StatusOr<LanguageModelData> OpenLanguageModelData(const LanguageModelDataConfig& config, torch::Device device);
 
 // Opens config.language_model (OpenLanguageModelData) for one replica. An id out of range is an

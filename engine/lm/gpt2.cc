@@ -44,30 +44,30 @@ class Gpt2 : public LanguageModel {
   int64_t max_context() const override { return positions_; }
 
   absl::StatusOr<std::vector<torch::Tensor>> Forward(const torch::Tensor& ids, const std::vector<Hookpoint>& hooks,
-                                                      torch::Tensor* logits) const override {
+                                                      torch::Tensor* logits, const HookEdit* edit) const override {
     torch::NoGradGuard no_grad;
     SAEGRID_RETURN_IF_ERROR(lm::CheckTokens(ids, vocab_, positions_, "n_positions"));
     const int64_t batch = ids.size(0), context = ids.size(1);
-    lm::HookCollector hooks_out(hooks);
+    lm::HookCollector hooks_out(hooks, edit);
     const int64_t last = logits != nullptr ? num_layers() - 1 : hooks_out.last_layer();
     auto x = wte_.index_select(0, ids.reshape(-1)).view({batch, context, d_}) +
              wpe_.narrow(0, 0, context).unsqueeze(0);
     const int64_t head_dim = d_ / heads_;
     for (int64_t l = 0; l <= last; ++l) {
       const Block& b = blocks_[l];
-      hooks_out.Offer(l, Hookpoint::Kind::kResidPre, x);
+      SAEGRID_ASSIGN_OR_RETURN(x, hooks_out.Offer(l, Hookpoint::Kind::kResidPre, x));
       const auto qkv = b.attn(LayerNorm(x, b.ln_1));
       // GPT-2's fused projection is [q | k | v], each d wide, heads within each.
       auto split = [&](int64_t part) {
         return qkv.narrow(2, part * d_, d_).view({batch, context, heads_, head_dim}).transpose(1, 2);
       };
-      const auto attn_out = b.attn_proj(lm::CausalSelfAttention(split(0), split(1), split(2)));
-      hooks_out.Offer(l, Hookpoint::Kind::kAttnOut, attn_out);
+      auto attn_out = b.attn_proj(lm::CausalSelfAttention(split(0), split(1), split(2)));
+      SAEGRID_ASSIGN_OR_RETURN(attn_out, hooks_out.Offer(l, Hookpoint::Kind::kAttnOut, attn_out));
       x = x + attn_out;
-      const auto mlp_out = b.fc_proj(lm::Gelu(b.fc(LayerNorm(x, b.ln_2)), tanh_gelu_));
-      hooks_out.Offer(l, Hookpoint::Kind::kMlpOut, mlp_out);
+      auto mlp_out = b.fc_proj(lm::Gelu(b.fc(LayerNorm(x, b.ln_2)), tanh_gelu_));
+      SAEGRID_ASSIGN_OR_RETURN(mlp_out, hooks_out.Offer(l, Hookpoint::Kind::kMlpOut, mlp_out));
       x = x + mlp_out;
-      hooks_out.Offer(l, Hookpoint::Kind::kResidPost, x);
+      SAEGRID_ASSIGN_OR_RETURN(x, hooks_out.Offer(l, Hookpoint::Kind::kResidPost, x));
     }
     if (logits != nullptr) *logits = torch::matmul(LayerNorm(x, ln_f_), wte_.t());
     return hooks_out.Take();

@@ -35,28 +35,28 @@ class GptNeox : public LanguageModel {
   int64_t max_context() const override { return max_positions_; }
 
   absl::StatusOr<std::vector<torch::Tensor>> Forward(const torch::Tensor& ids, const std::vector<Hookpoint>& hooks,
-                                                      torch::Tensor* logits) const override {
+                                                      torch::Tensor* logits, const HookEdit* edit) const override {
     torch::NoGradGuard no_grad;
     SAEGRID_RETURN_IF_ERROR(lm::CheckTokens(ids, vocab_, max_positions_, "max_position_embeddings"));
     const int64_t batch = ids.size(0), context = ids.size(1), head_dim = d_ / heads_;
-    lm::HookCollector out(hooks);
+    lm::HookCollector out(hooks, edit);
     const int64_t last = logits != nullptr ? num_layers() - 1 : out.last_layer();
     auto x = embed_in_.index_select(0, ids.reshape(-1)).view({batch, context, d_});
     for (int64_t l = 0; l <= last; ++l) {
       const Block& b = blocks_[l];
-      out.Offer(l, Hookpoint::Kind::kResidPre, x);
+      SAEGRID_ASSIGN_OR_RETURN(x, out.Offer(l, Hookpoint::Kind::kResidPre, x));
       // The fused projection is per head: [B, T, H, 3 hd], then q, k, v of hd each.
       const auto qkv = b.qkv(Norm_(x, b.input_norm)).view({batch, context, heads_, 3 * head_dim});
       auto part = [&](int64_t i) { return qkv.narrow(3, i * head_dim, head_dim).transpose(1, 2); };
       const auto q = lm::ApplyRotary(part(0), rotary_dims_, rotary_base_);
       const auto k = lm::ApplyRotary(part(1), rotary_dims_, rotary_base_);
-      const auto attn_out = b.dense(lm::CausalSelfAttention(q, k, part(2)));
-      out.Offer(l, Hookpoint::Kind::kAttnOut, attn_out);
+      auto attn_out = b.dense(lm::CausalSelfAttention(q, k, part(2)));
+      SAEGRID_ASSIGN_OR_RETURN(attn_out, out.Offer(l, Hookpoint::Kind::kAttnOut, attn_out));
       const auto mlp_input = parallel_residual_ ? x : x + attn_out;
-      const auto mlp_out = b.down(lm::Gelu(b.up(Norm_(mlp_input, b.post_attention_norm)), tanh_gelu_));
-      out.Offer(l, Hookpoint::Kind::kMlpOut, mlp_out);
+      auto mlp_out = b.down(lm::Gelu(b.up(Norm_(mlp_input, b.post_attention_norm)), tanh_gelu_));
+      SAEGRID_ASSIGN_OR_RETURN(mlp_out, out.Offer(l, Hookpoint::Kind::kMlpOut, mlp_out));
       x = x + attn_out + mlp_out;
-      out.Offer(l, Hookpoint::Kind::kResidPost, x);
+      SAEGRID_ASSIGN_OR_RETURN(x, out.Offer(l, Hookpoint::Kind::kResidPost, x));
     }
     if (logits != nullptr) *logits = torch::matmul(Norm_(x, final_norm_), embed_out_.t());
     return out.Take();

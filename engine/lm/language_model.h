@@ -7,6 +7,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -35,6 +36,14 @@ absl::StatusOr<Hookpoint> ParseHookpoint(const std::string& name, int64_t num_la
 // metadata.hook_name.
 std::string TransformerLensName(const Hookpoint& hook);
 
+// An intervention at one hookpoint during a forward pass (the downstream-loss and ablation
+// evaluations splice an SAE in here): `replace` receives the activations there [B, T, d_model]
+// and returns what the rest of the model reads instead, of the same shape.
+struct HookEdit {
+  Hookpoint hook;
+  std::function<torch::Tensor(const torch::Tensor&)> replace;
+};
+
 class LanguageModel {
  public:
   virtual ~LanguageModel() = default;
@@ -48,10 +57,13 @@ class LanguageModel {
   // Runs the model on `ids` [B, T] (int64, on the model's device) under no-grad and returns the
   // activations at `hooks`, in order, each [B, T, d_model] float32. With `logits` set it also
   // returns the logits [B, T, vocab]; without, the forward stops after the last layer a hook
-  // needs. Errors: ids outside the vocabulary, T past max_context.
+  // needs. With `edit`, the edited activations replace the originals at its hookpoint; `hooks`
+  // there still return the originals (later ones see the edit's effect). Errors: ids outside the
+  // vocabulary, T past max_context, an edit that changes the shape.
   virtual absl::StatusOr<std::vector<torch::Tensor>> Forward(const torch::Tensor& ids,
                                                               const std::vector<Hookpoint>& hooks,
-                                                              torch::Tensor* logits = nullptr) const = 0;
+                                                              torch::Tensor* logits = nullptr,
+                                                              const HookEdit* edit = nullptr) const = 0;
 };
 
 struct RandomWeights;

@@ -31,30 +31,30 @@ class Llama : public LanguageModel {
   int64_t max_context() const override { return max_positions_; }
 
   absl::StatusOr<std::vector<torch::Tensor>> Forward(const torch::Tensor& ids, const std::vector<Hookpoint>& hooks,
-                                                      torch::Tensor* logits) const override {
+                                                      torch::Tensor* logits, const HookEdit* edit) const override {
     torch::NoGradGuard no_grad;
     SAEGRID_RETURN_IF_ERROR(lm::CheckTokens(ids, vocab_, max_positions_, "max_position_embeddings"));
     // Full causal attention equals sliding-window attention only within the window.
     SAEGRID_RETURN_IF_ERROR(lm::CheckTokens(ids, vocab_, sliding_window_, "sliding_window"));
     const int64_t batch = ids.size(0), context = ids.size(1);
-    lm::HookCollector out(hooks);
+    lm::HookCollector out(hooks, edit);
     const int64_t last = logits != nullptr ? num_layers() - 1 : out.last_layer();
     auto x = embed_.index_select(0, ids.reshape(-1)).view({batch, context, d_});
     auto heads = [&](const torch::Tensor& t, int64_t n) { return t.view({batch, context, n, head_dim_}).transpose(1, 2); };
     for (int64_t l = 0; l <= last; ++l) {
       const Block& b = blocks_[l];
-      out.Offer(l, Hookpoint::Kind::kResidPre, x);
+      SAEGRID_ASSIGN_OR_RETURN(x, out.Offer(l, Hookpoint::Kind::kResidPre, x));
       const auto h = RmsNorm(x, b.input_norm);
       const auto q = lm::ApplyRotary(heads(b.q(h), heads_), head_dim_, rope_theta_);
       const auto k = lm::ApplyRotary(heads(b.k(h), kv_heads_), head_dim_, rope_theta_);
-      const auto attn_out = b.o(lm::CausalSelfAttention(q, k, heads(b.v(h), kv_heads_)));
-      out.Offer(l, Hookpoint::Kind::kAttnOut, attn_out);
+      auto attn_out = b.o(lm::CausalSelfAttention(q, k, heads(b.v(h), kv_heads_)));
+      SAEGRID_ASSIGN_OR_RETURN(attn_out, out.Offer(l, Hookpoint::Kind::kAttnOut, attn_out));
       x = x + attn_out;
       const auto m = RmsNorm(x, b.post_attention_norm);
-      const auto mlp_out = b.down(torch::silu(b.gate(m)) * b.up(m));
-      out.Offer(l, Hookpoint::Kind::kMlpOut, mlp_out);
+      auto mlp_out = b.down(torch::silu(b.gate(m)) * b.up(m));
+      SAEGRID_ASSIGN_OR_RETURN(mlp_out, out.Offer(l, Hookpoint::Kind::kMlpOut, mlp_out));
       x = x + mlp_out;
-      out.Offer(l, Hookpoint::Kind::kResidPost, x);
+      SAEGRID_ASSIGN_OR_RETURN(x, out.Offer(l, Hookpoint::Kind::kResidPost, x));
     }
     if (logits != nullptr) *logits = torch::matmul(RmsNorm(x, final_norm_), lm_head_.t());
     return out.Take();

@@ -42,14 +42,23 @@ torch::Tensor Gelu(const torch::Tensor& x, bool tanh_approximation) {
   return 0.5 * x * (1 + torch::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x.pow(3))));
 }
 
-HookCollector::HookCollector(const std::vector<Hookpoint>& hooks) : hooks_(hooks), values_(hooks.size()) {
+HookCollector::HookCollector(const std::vector<Hookpoint>& hooks, const HookEdit* edit)
+    : hooks_(hooks), edit_(edit), values_(hooks.size()) {
   for (const auto& h : hooks) last_layer_ = std::max(last_layer_, h.layer);
+  if (edit_ != nullptr) last_layer_ = std::max(last_layer_, edit_->hook.layer);
 }
 
-void HookCollector::Offer(int64_t layer, Hookpoint::Kind kind, const torch::Tensor& value) {
+absl::StatusOr<torch::Tensor> HookCollector::Offer(int64_t layer, Hookpoint::Kind kind, const torch::Tensor& value) {
   for (size_t i = 0; i < hooks_.size(); ++i) {
     if (hooks_[i].layer == layer && hooks_[i].kind == kind) values_[i] = value.clone();
   }
+  if (edit_ == nullptr || edit_->hook.layer != layer || edit_->hook.kind != kind) return value;
+  torch::Tensor replaced = edit_->replace(value);
+  if (!replaced.defined() || replaced.sizes() != value.sizes()) {
+    return absl::InvalidArgumentError(absl::StrCat("language model: the edit at ", edit_->hook.name,
+                                                   " must keep the activations' shape"));
+  }
+  return replaced.to(value.options());
 }
 
 absl::Status CheckTokens(const torch::Tensor& ids, int64_t vocab_size, int64_t max_context, const char* context_key) {

@@ -25,17 +25,21 @@ torch::Tensor ApplyRotary(const torch::Tensor& x, int64_t rotary_dims, double ba
 // 1.13's gelu has no approximate argument).
 torch::Tensor Gelu(const torch::Tensor& x, bool tanh_approximation);
 
-// The activations a forward pass was asked for, filled in as it reaches them.
+// The activations a forward pass was asked for, filled in as it reaches them, and the edit it
+// applies (LanguageModel::Forward's `edit`, may be null).
 class HookCollector {
  public:
-  explicit HookCollector(const std::vector<Hookpoint>& hooks);
-  // The last layer the hooks need (-1: none).
+  HookCollector(const std::vector<Hookpoint>& hooks, const HookEdit* edit);
+  // The last layer the hooks (and the edit) need (-1: none).
   int64_t last_layer() const { return last_layer_; }
-  void Offer(int64_t layer, Hookpoint::Kind kind, const torch::Tensor& value);
+  // Records `value` for the hooks at (layer, kind) and returns what the model continues with:
+  // the edit's replacement there, `value` elsewhere. Error: the edit changed the shape.
+  absl::StatusOr<torch::Tensor> Offer(int64_t layer, Hookpoint::Kind kind, const torch::Tensor& value);
   std::vector<torch::Tensor> Take() { return std::move(values_); }
 
  private:
   const std::vector<Hookpoint>& hooks_;
+  const HookEdit* edit_;
   std::vector<torch::Tensor> values_;
   int64_t last_layer_ = -1;
 };
