@@ -980,9 +980,15 @@ TEST(Service, LanguageModelExampleRunsLocallyAndThroughTheService) {
   const auto evaluations = nlohmann::json::parse(testing::ReadFile(evals + "/evaluations.json"), nullptr, false);
   ASSERT_TRUE(evaluations.is_object());
   EXPECT_EQ(evaluations["step"], 8);
-  const double recovered = evaluations["evaluations"]["downstream_loss"]["loss_recovered"].get<double>();
-  EXPECT_GT(recovered, 0.0);
-  EXPECT_LE(recovered, 1.05);
+  // The example's model is random, so the figure itself can lie outside [0, 1]; it must be the
+  // ratio of the cross-entropies it is reported with.
+  const auto& loss = evaluations["evaluations"]["downstream_loss"];
+  const double recovered = loss["loss_recovered"].get<double>();
+  EXPECT_TRUE(std::isfinite(recovered));
+  EXPECT_NEAR(recovered,
+              (loss["ce_zero_ablation"].get<double>() - loss["ce_sae"].get<double>()) /
+                  (loss["ce_zero_ablation"].get<double>() - loss["ce_clean"].get<double>()),
+              1e-9);
   const auto top = nlohmann::json::parse(testing::ReadFile(evals + "/top_examples.json"), nullptr, false);
   ASSERT_TRUE(top.is_object());
   EXPECT_EQ(top["format"], "saegrid.top_examples.v1");
@@ -1014,7 +1020,8 @@ TEST(Service, LanguageModelExampleRunsLocallyAndThroughTheService) {
   EXPECT_GT(evaluation.l0(), 0);
   // The example's evaluation.run, typed in GetEvaluation.
   ASSERT_TRUE(evaluation.has_downstream_loss()) << evaluation.evaluation_json();
-  EXPECT_GT(evaluation.downstream_loss().loss_recovered(), 0.0);
+  EXPECT_TRUE(std::isfinite(evaluation.downstream_loss().loss_recovered()));
+  EXPECT_GT(evaluation.downstream_loss().positions(), 0);
   EXPECT_EQ(evaluation.downstream_loss().sequences(), 16);
   ASSERT_TRUE(evaluation.has_ablation_sparsity() && evaluation.has_token_stats() && evaluation.has_n2g() &&
               evaluation.has_top_examples());
