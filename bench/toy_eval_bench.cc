@@ -5,7 +5,8 @@
 // seed 004 sweeps. Prints JSON: each SAE's FVU, L0, MMCS, probe losses (latent, input-channel
 // baseline, constant prior) and shrinkage, and the ReLU/TopK ratios measured in the same run.
 //
-//   toy_eval_bench [--tokens 3000000] [--latents 1024] [--k 8] [--l1 0.03] [--threads 0] [--scratch /tmp]
+//   toy_eval_bench [--tokens 3000000] [--latents 1024] [--k 8] [--l1 0.03] [--probe-rows 8192]
+//                  [--probe-tasks 32] [--threads 0] [--scratch /tmp]
 #include <torch/torch.h>
 
 #include <chrono>
@@ -27,6 +28,7 @@ using nlohmann::json;
 
 struct Options {
   int64_t tokens = 3'000'000, latents = 1024, k = 8, threads = 0;
+  int64_t probe_rows = 8192, probe_tasks = 32;
   double l1 = 0.03;
   std::string scratch = "/tmp";
 };
@@ -48,6 +50,8 @@ json TrainAndEvaluate(const Options& o, saegrid::Architecture architecture, cons
   c.checkpoint.output_dir = out.string();
   c.runtime.num_threads = static_cast<int>(o.threads);
   c.evaluation.run = {"probes", "shrinkage"};
+  c.evaluation.probes.max_rows = o.probe_rows;
+  c.evaluation.probes.max_tasks = o.probe_tasks;
   const auto start = std::chrono::steady_clock::now();
   auto trainer = Trainer::Create(c);
   if (!trainer.ok()) {
@@ -86,6 +90,8 @@ int main(int argc, char** argv) {
                                     {"--latents", saegrid::FlagSpec::Int(&o.latents, 8, 1 << 20)},
                                     {"--k", saegrid::FlagSpec::Int(&o.k, 1, 1 << 16)},
                                     {"--l1", saegrid::FlagSpec::Real(&o.l1, 0, 100)},
+                                    {"--probe-rows", saegrid::FlagSpec::Int(&o.probe_rows, 16, int64_t{1} << 24)},
+                                    {"--probe-tasks", saegrid::FlagSpec::Int(&o.probe_tasks, 1, 1 << 16)},
                                     {"--threads", saegrid::FlagSpec::Int(&o.threads, 0, 1024)},
                                     {"--scratch", saegrid::FlagSpec::String(&o.scratch)}});
   const fs::path dir = fs::path(o.scratch) / ("toy_eval_bench." + std::to_string(::getpid()));

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The main job end to end on embedded defaults: a coordinator (SQLite + a local data directory)
 # and two workers on this machine, a 2-shard toy TopK job (capacity factor 2) submitted with the
-# saegrid client, its progress streamed, the checkpoint downloaded (sha256 checked) and the
-# evaluation printed; then a second job that trains on a GPT-2-style model's activations made on
-# the fly (examples/lm_service.yaml, on the small random-weight model scripts/make-tiny-lm.py
-# writes); then everything shuts down. Tokens are generated for this run.
+# saegrid client, its progress streamed, the checkpoint downloaded (sha256 checked), the
+# evaluation printed (probes and shrinkage included), and the checkpoint evaluated again locally
+# with its figures; then a second job that trains on a GPT-2-style model's activations made on the
+# fly (examples/lm_service.yaml, on the small random-weight model scripts/make-tiny-lm.py writes)
+# and runs the model-based evaluations; then everything shuts down. Tokens are generated for this
+# run.
 set -euo pipefail
 build_dir=${1:-build}
 bin="$build_dir/bin"
@@ -57,6 +59,11 @@ echo "checkpoint: $step_dir"
 echo "  sparsify layout: $step_dir/sae/{cfg.json,sae.safetensors}"
 echo "  SAELens layout:  $step_dir/saelens/"
 echo "  evaluation:      $step_dir/evaluation.json"
+
+# The same checkpoint evaluated locally (docs/evaluations.md): shrinkage, and the figures.
+echo
+"$bin/saegrid" eval --checkpoint "$step_dir" --config examples/toy_service.yaml --only shrinkage \
+  --output-dir "$work/eval" --threads "$(nproc)"
 
 # The language-model job: the workers run in this directory, where the example's relative
 # model_path and tokens_path resolve.
