@@ -234,8 +234,10 @@ int RunEvalCommand(int argc, char** argv) {
                                   h["counts"].get<std::vector<int64_t>>(), h["never_fired"].get<int64_t>()),
            "density_histogram.png");
     }
+    // This checkpoint, and the job's other evaluated steps when it sits in an output directory.
     std::vector<L0FvuPoint> points;
-    CollectL0Fvu(step_dir.parent_path().parent_path(), &points);
+    CollectL0Fvu(step_dir.parent_path().filename() == "checkpoints" ? step_dir.parent_path().parent_path() : step_dir,
+                 &points);
     for (const auto& dir : compare) CollectL0Fvu(dir, &points);
     if (!points.empty()) draw(L0FvuFigure(points), "l0_fvu.png");
     // Loss recovered over training: the job's checkpoints evaluated during training, then this one.
@@ -262,7 +264,11 @@ int RunEvalCommand(int argc, char** argv) {
       tokens.push_back(static_cast<double>(sae->tokens));
       recovered.push_back(report->downstream_loss->loss_recovered);
     }
-    if (!tokens.empty()) draw(LossRecoveredFigure(tokens, recovered), "loss_recovered.png");
+    if (!tokens.empty()) {
+      draw(LossRecoveredFigure(tokens, recovered), "loss_recovered.png");
+    } else if (!quiet) {
+      absl::FPrintF(stdout, "no loss-recovered figure: no checkpoint of this job has downstream_loss\n");
+    }
     for (const auto& e : plot_errors) absl::FPrintF(stderr, "saegrid eval: figure %s\n", e);
   }
   if (!quiet) {

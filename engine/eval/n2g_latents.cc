@@ -148,7 +148,9 @@ absl::StatusOr<N2GSummary> MeasureN2G(const SplicedSae& spliced, const LatentFir
       out.recall += score.recall;
       ++with_recall;
     }
-    if (score.precision_defined() && score.recall_defined()) {
+    // F1 wherever the latent fired in the scored text: an explanation that predicts nothing there
+    // scores 0, not "undefined".
+    if (score.recall_defined()) {
       out.f1 += score.f1;
       ++with_f1;
     }

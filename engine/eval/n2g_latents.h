@@ -21,8 +21,9 @@ struct N2GRunOptions {
   int64_t batch = 8;      // sequences per forward pass
 };
 
-// Means over the sampled latents: precision over those whose explanation predicted something,
-// recall over those that fired in the scored text, F1 over both (engine/eval/n2g.h's conventions).
+// Means over the sampled latents: precision over those whose explanation predicted something in
+// the scored text, recall and F1 over those that fired in it (an explanation that predicts nothing
+// where the latent fires has recall 0 and F1 0; engine/eval/n2g.h's conventions).
 absl::StatusOr<N2GSummary> MeasureN2G(const SplicedSae& spliced, const LatentFirings& firings,
                                       const N2GRunOptions& options);
 
