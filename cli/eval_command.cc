@@ -59,7 +59,9 @@ absl::StatusOr<nlohmann::json> ReadJsonFile(const fs::path& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(path.string());
   try {
-    return nlohmann::json::parse(in);
+    auto j = nlohmann::json::parse(in);
+    if (!j.is_object()) return absl::DataLossError(absl::StrCat(path.string(), ": not a JSON object"));
+    return j;
   } catch (const nlohmann::json::exception& e) {
     return absl::DataLossError(absl::StrCat(path.string(), ": ", e.what()));
   }
@@ -227,47 +229,53 @@ int RunEvalCommand(int argc, char** argv) {
       if (s.ok()) figures.push_back(path);
       else plot_errors.push_back(absl::StrCat(name, ": ", s.message()));
     };
-    // The density histogram of the checkpoint's own evaluation.
-    if (auto eval = ReadJsonFile(step_dir / "evaluation.json"); eval.ok() && eval->contains("density_histogram")) {
-      const auto& h = (*eval)["density_histogram"];
-      draw(DensityHistogramFigure(h["log10_low"].get<double>(), h["log10_step"].get<double>(),
-                                  h["counts"].get<std::vector<int64_t>>(), h["never_fired"].get<int64_t>()),
-           "density_histogram.png");
-    }
-    // This checkpoint, and the job's other evaluated steps when it sits in an output directory.
-    std::vector<L0FvuPoint> points;
-    CollectL0Fvu(step_dir.parent_path().filename() == "checkpoints" ? step_dir.parent_path().parent_path() : step_dir,
-                 &points);
-    for (const auto& dir : compare) CollectL0Fvu(dir, &points);
-    if (!points.empty()) draw(L0FvuFigure(points), "l0_fvu.png");
-    // Loss recovered over training: the job's checkpoints evaluated during training, then this one.
-    std::vector<double> tokens, recovered;
-    std::error_code dir_ec;
-    std::vector<fs::path> steps;
-    for (const auto& e : fs::directory_iterator(step_dir.parent_path(), dir_ec)) {
-      const std::string name = e.path().filename().string();
-      if (e.is_directory() && absl::StartsWith(name, "step_") && !absl::EndsWith(name, ".tmp")) steps.push_back(e.path());
-    }
-    std::sort(steps.begin(), steps.end());
-    for (const auto& step : steps) {
-      if (step == step_dir) continue;
-      auto eval = ReadJsonFile(step / "evaluation.json");
-      auto state = ReadJsonFile(step / "trainer_state.json");
-      if (!eval.ok() || !state.ok()) continue;
-      const auto lr = eval->value("/evaluations/downstream_loss/loss_recovered"_json_pointer, nlohmann::json());
-      if (lr.is_number()) {
-        tokens.push_back((*state)["tokens"].get<double>());
-        recovered.push_back(lr.get<double>());
+    // A checkpoint's JSON that is not what saegrid writes (edited by hand, another version)
+    // costs a figure, not the evaluation.
+    try {
+      // The density histogram of the checkpoint's own evaluation.
+      if (auto eval = ReadJsonFile(step_dir / "evaluation.json"); eval.ok() && eval->contains("density_histogram")) {
+        const auto& h = (*eval)["density_histogram"];
+        draw(DensityHistogramFigure(h["log10_low"].get<double>(), h["log10_step"].get<double>(),
+                                    h["counts"].get<std::vector<int64_t>>(), h["never_fired"].get<int64_t>()),
+             "density_histogram.png");
       }
-    }
-    if (report->downstream_loss && std::isfinite(report->downstream_loss->loss_recovered)) {
-      tokens.push_back(static_cast<double>(sae->tokens));
-      recovered.push_back(report->downstream_loss->loss_recovered);
-    }
-    if (!tokens.empty()) {
-      draw(LossRecoveredFigure(tokens, recovered), "loss_recovered.png");
-    } else if (!quiet) {
-      absl::FPrintF(stdout, "no loss-recovered figure: no checkpoint of this job has downstream_loss\n");
+      // This checkpoint, and the job's other evaluated steps when it sits in an output directory.
+      std::vector<L0FvuPoint> points;
+      CollectL0Fvu(step_dir.parent_path().filename() == "checkpoints" ? step_dir.parent_path().parent_path() : step_dir,
+                   &points);
+      for (const auto& dir : compare) CollectL0Fvu(dir, &points);
+      if (!points.empty()) draw(L0FvuFigure(points), "l0_fvu.png");
+      // Loss recovered over training: the job's checkpoints evaluated during training, then this one.
+      std::vector<double> tokens, recovered;
+      std::error_code dir_ec;
+      std::vector<fs::path> steps;
+      for (const auto& e : fs::directory_iterator(step_dir.parent_path(), dir_ec)) {
+        const std::string name = e.path().filename().string();
+        if (e.is_directory() && absl::StartsWith(name, "step_") && !absl::EndsWith(name, ".tmp")) steps.push_back(e.path());
+      }
+      std::sort(steps.begin(), steps.end());
+      for (const auto& step : steps) {
+        if (step == step_dir) continue;
+        auto eval = ReadJsonFile(step / "evaluation.json");
+        auto state = ReadJsonFile(step / "trainer_state.json");
+        if (!eval.ok() || !state.ok()) continue;
+        const auto lr = eval->value("/evaluations/downstream_loss/loss_recovered"_json_pointer, nlohmann::json());
+        if (lr.is_number()) {
+          tokens.push_back((*state)["tokens"].get<double>());
+          recovered.push_back(lr.get<double>());
+        }
+      }
+      if (report->downstream_loss && std::isfinite(report->downstream_loss->loss_recovered)) {
+        tokens.push_back(static_cast<double>(sae->tokens));
+        recovered.push_back(report->downstream_loss->loss_recovered);
+      }
+      if (!tokens.empty()) {
+        draw(LossRecoveredFigure(tokens, recovered), "loss_recovered.png");
+      } else if (!quiet) {
+        absl::FPrintF(stdout, "no loss-recovered figure: no checkpoint of this job has downstream_loss\n");
+      }
+    } catch (const nlohmann::json::exception& e) {
+      plot_errors.push_back(absl::StrCat("skipped: a checkpoint's JSON has an unexpected shape: ", e.what()));
     }
     for (const auto& e : plot_errors) absl::FPrintF(stderr, "saegrid eval: figure %s\n", e);
   }

@@ -996,6 +996,19 @@ TEST(Service, LanguageModelExampleRunsLocallyAndThroughTheService) {
   for (const char* png : {"density_histogram.png", "l0_fvu.png", "loss_recovered.png"}) {
     EXPECT_EQ(testing::ReadFile(evals + "/" + png).substr(0, 8), "\x89PNG\r\n\x1a\n") << png;
   }
+  // A checkpoint whose evaluation.json saegrid did not write costs the figure, not the evaluation.
+  const std::string odd = cluster.dir() / "odd/checkpoints/step_000000008";
+  std::filesystem::create_directories(odd);
+  std::filesystem::copy(step, odd, std::filesystem::copy_options::recursive);
+  testing::WriteFile(odd + "/evaluation.json", R"({"density_histogram": 3, "l0": "x", "fvu": 0.5})");
+  ASSERT_EQ(testing::RunProcess({SAEGRID_BINARY, "eval", "--checkpoint", odd, "--config", cluster.dir() / "local.yaml",
+                                 "--only", "token_stats", "--output-dir", cluster.dir() / "odd-evals", "--threads", "1"},
+                                cluster.dir() / "eval-odd.log", 120),
+            0)
+      << testing::ReadFile(cluster.dir() / "eval-odd.log");
+  EXPECT_THAT(testing::ReadFile(cluster.dir() / "eval-odd.log"), HasSubstr("figure skipped: a checkpoint's JSON"));
+  EXPECT_TRUE(std::filesystem::exists(cluster.dir() / "odd-evals/evaluations.json"));
+
   // Bad requests are refused by name, without writing anything.
   ASSERT_EQ(testing::RunProcess({SAEGRID_BINARY, "eval", "--checkpoint", cluster.dir() / "nowhere", "--config",
                                  cluster.dir() / "local.yaml"},
