@@ -26,7 +26,6 @@
 #include "engine/eval/suite.h"
 #include "engine/evaluation.h"
 #include "engine/runtime.h"
-#include "spec/job_spec_loader.h"
 #include "spec/train_config.h"
 
 namespace saegrid::cli {
@@ -139,12 +138,8 @@ int RunEvalCommand(int argc, char** argv) {
   if (checkpoint.empty()) return usage("--checkpoint is required");
   if (config_path.empty()) return usage("--config is required");
 
-  auto spec = LoadJobSpecFile(config_path);
-  if (!spec.ok()) return Fail(TrainExitCode::kInvalidConfig, absl::StrCat("invalid config: ", spec.status().message()));
-  auto config = ToTrainConfig(*spec);
-  if (!config.ok()) {
-    return Fail(TrainExitCode::kInvalidConfig, absl::StrCat("invalid config ", config_path, ": ", config.status().message()));
-  }
+  auto config = LoadTrainConfigFile(config_path);
+  if (!config.ok()) return Fail(TrainExitCode::kInvalidConfig, std::string(config.status().message()));
   std::vector<std::string> names =
       only.empty() ? DefaultEvaluations(*config) : absl::StrSplit(only, ',', absl::SkipEmpty());
   for (const auto& name : names) {

@@ -16,7 +16,6 @@
 #include "engine/device.h"
 #include "engine/lm/harvest.h"
 #include "engine/runtime.h"
-#include "spec/job_spec_loader.h"
 #include "spec/train_config.h"
 
 namespace saegrid::cli {
@@ -83,12 +82,8 @@ int RunHarvestCommand(int argc, char** argv) {
     return usage("--dtype bfloat16 needs --format safetensors (.npy has no bfloat16)");
   }
 
-  auto spec = LoadJobSpecFile(config_path);
-  if (!spec.ok()) return Fail(TrainExitCode::kInvalidConfig, absl::StrCat("invalid config: ", spec.status().message()));
-  auto config = ToTrainConfig(*spec);
-  if (!config.ok()) {
-    return Fail(TrainExitCode::kInvalidConfig, absl::StrCat("invalid config ", config_path, ": ", config.status().message()));
-  }
+  auto config = LoadTrainConfigFile(config_path);
+  if (!config.ok()) return Fail(TrainExitCode::kInvalidConfig, std::string(config.status().message()));
   const LanguageModelDataConfig& lm = config->data.language_model;
   if (!config->data.uses_language_model()) {
     return Fail(TrainExitCode::kInvalidConfig,

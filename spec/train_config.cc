@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/eval/evaluation_names.h"
+#include "spec/job_spec_loader.h"
 
 namespace saegrid {
 namespace {
@@ -355,6 +356,14 @@ absl::StatusOr<TrainConfig> ToTrainConfig(const v1::JobSpec& spec) {
   SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("resources.num_threads", spec.resources().num_threads(), 0, 1024));
   c.runtime.num_threads = static_cast<int>(spec.resources().num_threads());
   return c;
+}
+
+absl::StatusOr<TrainConfig> LoadTrainConfigFile(const std::string& path) {
+  auto spec = LoadJobSpecFile(path);
+  if (!spec.ok()) return absl::InvalidArgumentError(absl::StrCat("invalid config: ", spec.status().message()));
+  auto config = ToTrainConfig(*spec);
+  if (!config.ok()) return absl::InvalidArgumentError(absl::StrCat("invalid config ", path, ": ", config.status().message()));
+  return config;
 }
 
 }  // namespace saegrid

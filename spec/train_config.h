@@ -2,6 +2,8 @@
 // is reported with its dotted field name and the rule it breaks.
 #pragma once
 
+#include <string>
+
 #include "absl/status/statusor.h"
 #include "engine/config.h"
 #include "saegrid/v1/job_spec.pb.h"
@@ -14,5 +16,9 @@ inline constexpr int64_t kMaxDimension = int64_t{1} << 16;
 inline constexpr int64_t kMaxBatchSize = int64_t{1} << 20;
 
 absl::StatusOr<TrainConfig> ToTrainConfig(const v1::JobSpec& spec);
+
+// A YAML or JSON job spec file read (spec/job_spec_loader.h) and mapped, for the commands that take
+// --config: errors read "invalid config: <the loader's error>" or "invalid config <path>: <field>: ...".
+absl::StatusOr<TrainConfig> LoadTrainConfigFile(const std::string& path);
 
 }  // namespace saegrid
