@@ -6,7 +6,7 @@ CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 # runs them longer.
 FUZZ_SECONDS ?= 10
 
-.PHONY: deps build demo test fuzz bench clean
+.PHONY: deps build demo test fuzz bench frontier clean
 
 deps:
 	./scripts/install-deps.sh
@@ -34,6 +34,13 @@ bench: build
 	./$(BUILD_DIR)/bench/shard_bench
 	./$(BUILD_DIR)/bench/lm_bench
 	./$(BUILD_DIR)/bench/toy_eval_bench
+
+# The sparsity frontier of the five architectures on the toy data: trains 15 SAEs (about 25
+# minutes on 2 cores) and writes the table and figures of docs/frontier.md.
+frontier: deps
+	cmake -S . -B $(BUILD_DIR) -G Ninja $(CMAKE_FLAGS)
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target frontier_bench
+	./$(BUILD_DIR)/bench/frontier_bench --docs-dir docs --output-dir out/frontier
 
 clean:
 	rm -rf $(BUILD_DIR) $(BUILD_DIR)-fuzz out

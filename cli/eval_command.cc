@@ -20,6 +20,7 @@
 #include "base/exit_code.h"
 #include "base/flags.h"
 #include "cli/plots.h"
+#include "engine/activation/architecture_names.h"
 #include "engine/checkpoint.h"
 #include "engine/data/activation_source.h"
 #include "engine/device.h"
@@ -96,10 +97,7 @@ void CollectL0Fvu(const fs::path& dir, std::vector<L0FvuPoint>* points) {
     if (!eval.ok() || !model.ok() || !(*eval)["l0"].is_number() || !(*eval)["fvu"].is_number()) continue;
     // A diverged checkpoint (NaN FVU) has no place on the plane; the figure refuses non-finite values.
     if (!std::isfinite((*eval)["l0"].get<double>()) || !std::isfinite((*eval)["fvu"].get<double>())) continue;
-    const std::string group = absl::StrCat(model->architecture == Architecture::kTopK ? "k=" : "relu l1=",
-                                           model->architecture == Architecture::kTopK ? absl::StrCat(model->k)
-                                                                                      : absl::StrCat(model->l1_coefficient),
-                                           " n=", model->num_latents);
+    const std::string group = absl::StrCat(SparsityLabel(*model), " n=", model->num_latents);
     points->push_back({absl::StrCat(group, " ", step.filename().string()), (*eval)["l0"].get<double>(),
                        (*eval)["fvu"].get<double>(), group});
   }

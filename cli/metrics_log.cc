@@ -55,6 +55,11 @@ v1::TrainingStep ToTrainingStep(const StepMetrics& m) {
   s.set_overflow_tokens_total(m.overflow_tokens_total);
   s.set_overflow_rate_total(m.overflow_rate_total);
   s.set_grad_norm(m.grad_norm);
+  s.set_truncated_tokens(m.truncated_tokens);
+  s.set_truncated_tokens_total(m.truncated_tokens_total);
+  s.set_truncated_rate_total(m.truncated_rate_total);
+  s.set_k(m.k);
+  s.set_inference_threshold(m.inference_threshold);
   v1::StepProfile* profile = s.mutable_profile();
   profile->set_encoder(m.profile.encoder);
   profile->set_topk(m.profile.topk);

@@ -51,11 +51,14 @@ void ProgressPrinter::OnStep(const StepMetrics& m) {
   const double rate = elapsed > 0 ? static_cast<double>(m.tokens - tokens_at_start_) / elapsed : 0;
   const double eta = done > 0 ? elapsed / done * static_cast<double>(m.total_steps - m.step) : NAN;
   const std::string line = absl::StrFormat(
-      "step %d/%d | %s tok/s | FVU %.4f | L0 %.1f | dead %.2f%% | aux %.3g | lr %.2e | ETA %s",
-      m.step, m.total_steps, Rate(rate), m.fvu, m.l0, 100 * m.dead_fraction, m.auxk_loss, m.lr,
+      "step %d/%d | %s tok/s | FVU %.4f | L0 %.1f | dead %.2f%% | loss %.4g | lr %.2e | ETA %s",
+      m.step, m.total_steps, Rate(rate), m.fvu, m.l0, 100 * m.dead_fraction, m.loss, m.lr,
       Duration(eta));
   std::string extras =
-      m.overflow_tokens_total > 0 ? absl::StrFormat(" | overflow %.2f%%", 100 * m.overflow_rate_total) : "";
+      m.overflow_tokens_total > 0
+          ? absl::StrFormat(" | truncated %.2f%% (possibly %.2f%%)", 100 * m.truncated_rate_total,
+                            100 * m.overflow_rate_total)
+          : "";
   // Steps that wait for their batch are bound by the data (a model run on the fly): say how much.
   if (step_seconds_ > 0 && data_seconds_ >= 0.05 * step_seconds_) {
     extras += absl::StrFormat(" | waiting for data %.0f%%", 100 * data_seconds_ / step_seconds_);

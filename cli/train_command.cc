@@ -21,6 +21,7 @@
 #include "cli/local_launcher.h"
 #include "cli/metrics_log.h"
 #include "cli/progress_printer.h"
+#include "engine/activation/architecture_names.h"
 #include "engine/distributed/gang.h"
 #include "engine/runtime.h"
 #include "engine/trainer.h"
@@ -247,9 +248,8 @@ int Train(const TrainOptions& o, Outcome& outcome) {
   const auto& mc = (*trainer)->config().model;
   if (!o.quiet && o.leader()) {
     const auto& layout = (*trainer)->layout();
-    absl::FPrintF(stdout, "saegrid train: %s SAE, d_in %d, %d latents, k %d, batch %d, %d steps, %d threads%s\n",
-                  mc.architecture == Architecture::kTopK ? "TopK" : "ReLU", mc.d_in, mc.num_latents,
-                  mc.k, config->data.batch_size, (*trainer)->total_steps(), (*trainer)->threads(),
+    absl::FPrintF(stdout, "saegrid train: %s SAE, d_in %d, %d latents, batch %d, %d steps, %d threads%s\n",
+                  SparsityLabel(mc), mc.d_in, mc.num_latents, config->data.batch_size, (*trainer)->total_steps(), (*trainer)->threads(),
                   layout.world_size() > 1
                       ? absl::StrFormat(" per rank; %d shards x %d replicas, %d candidates per shard",
                                         layout.shards, layout.replicas, (*trainer)->candidates_per_shard())

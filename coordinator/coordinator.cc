@@ -16,6 +16,7 @@
 #include "coordinator/job_lifecycle.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/upload_validation.h"
+#include "engine/activation/architecture_names.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "spec/memory_estimate.h"
 #include "spec/scheduling_fields.h"
@@ -71,7 +72,7 @@ Shape ShapeOf(const v1::JobSpec& spec, const TrainConfig& config) {
   s.d_in = config.model.d_in > 0 ? config.model.d_in : (config.data.use_synthetic ? config.data.synthetic.d : 0);
   s.num_latents = config.model.num_latents > 0 ? config.model.num_latents : s.d_in * config.model.expansion_factor;
   s.k = config.model.k;
-  s.architecture = config.model.architecture == Architecture::kTopK ? "topk" : "relu";
+  s.architecture = std::string(ArchitectureName(config.model.architecture));
   s.hookpoint = config.checkpoint.hookpoint;
   // The kind of device ("cuda:1" places like "cuda": the index is the worker's business).
   const auto device = ParseDeviceName(spec.parallelism().device());

@@ -1,6 +1,7 @@
 #include "coordinator/upload_validation.h"
 
 #include "absl/strings/str_cat.h"
+#include "engine/activation/architecture_names.h"
 #include "formats/checkpoint_inspector.h"
 
 namespace saegrid::coordinator {
@@ -21,7 +22,11 @@ absl::Status ValidateUploadedCheckpoint(const std::string& archive_path, const U
   if (expected.num_latents > 0 && summary->num_latents != expected.num_latents) {
     return mismatch("num_latents", summary->num_latents, expected.num_latents);
   }
-  if (expected.architecture == "topk" && summary->k != expected.k) return mismatch("k", summary->k, expected.k);
+  // relu and jumprelu record k but ignore it, so only the architectures that use k must match it.
+  const auto architecture = ParseArchitecture(expected.architecture);
+  if (architecture && ArchitectureUsesK(*architecture) && summary->k != expected.k) {
+    return mismatch("k", summary->k, expected.k);
+  }
   if (!expected.architecture.empty() && summary->architecture != expected.architecture) {
     return mismatch("architecture", summary->architecture, expected.architecture);
   }

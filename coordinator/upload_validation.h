@@ -18,8 +18,8 @@ struct UploadExpectation {
   int64_t tokens = 0;
   int64_t d_in = 0;         // 0: taken from the data, not checked
   int64_t num_latents = 0;  // 0: not checked
-  int64_t k = 0;
-  std::string architecture;  // "topk" or "relu"
+  int64_t k = 0;            // checked for the architectures that use k
+  std::string architecture;  // a name of engine/activation/architecture_names.h; "": not checked
   std::string hookpoint;
 };
 

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -14,6 +15,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/activation/activation_function.h"
+#include "engine/activation/architecture_names.h"
 #include "engine/eval/suite.h"
 #include "engine/safetensors.h"
 #include "formats/trainer_state.h"
@@ -45,8 +48,6 @@ absl::StatusOr<nlohmann::json> ReadJson(const std::string& path) {
   return j;
 }
 
-const char* ArchitectureName(Architecture a) { return a == Architecture::kTopK ? "topk" : "relu"; }
-
 const char* NormalizationName(InputNormalization n) {
   switch (n) {
     case InputNormalization::kNone: return "none";
@@ -56,17 +57,33 @@ const char* NormalizationName(InputNormalization n) {
   return "none";
 }
 
+// The dataset-wide input scale the exports fold out (1 without kDatasetConstant).
+double ExportScale(const ModelConfig& m) {
+  return m.normalize_inputs == InputNormalization::kDatasetConstant ? m.input_scale : 1.0;
+}
+
 // The published weights as an SAE of the raw activations. A dataset-wide input scale s folds
 // into the biases: with a' = a / s, pre' = (x - b_pre / s) W_enc^T + b_enc / s selects the same
 // latents (a positive scale keeps the order) and x_hat = a' W_dec + b_pre / s, so W_dec keeps
-// unit rows and the latents are in the raw activations' units.
+// unit rows and the latents are in the raw activations' units. (Thresholds on pre fold the same
+// way, theta' = theta / s: ActivationFunction::Export.)
 SaeParameters ExportedWeights(const CheckpointContents& c) {
   SaeParameters p = c.published;
-  if (c.model.normalize_inputs == InputNormalization::kDatasetConstant && c.model.input_scale != 1.0) {
-    p.b_enc = p.b_enc / c.model.input_scale;
-    p.b_pre = p.b_pre / c.model.input_scale;
+  const double scale = ExportScale(c.model);
+  if (scale != 1.0) {
+    p.b_enc = p.b_enc / scale;
+    p.b_pre = p.b_pre / scale;
   }
   return p;
+}
+
+// What the architecture exports as (engine/activation/): the SAELens architecture, whether
+// sparsify loads it, and a "jumprelu" export's thresholds in the exported units.
+absl::StatusOr<ActivationExport> ExportOf(const ModelConfig& m, const SaeParameters& published) {
+  if (m.architecture == Architecture::kJumpReLU && !published.log_threshold.defined()) {
+    return absl::InternalError("a jumprelu checkpoint's published weights have no log_threshold");
+  }
+  return MakeActivationFunction(m)->Export(published, ExportScale(m));
 }
 
 // What the exported SAE expects of its input: the dataset constant is folded out.
@@ -95,9 +112,11 @@ std::vector<std::pair<std::string, torch::Tensor>> Named(const std::string& pref
 }
 
 absl::Status WriteSparsify(const std::string& dir, const CheckpointContents& c) {
-  fs::create_directories(dir);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return absl::InternalError("cannot create " + dir + ": " + ec.message());
   const auto& m = c.model;
-  nlohmann::json cfg = {{"activation", ArchitectureName(m.architecture)},
+  nlohmann::json cfg = {{"activation", "topk"},
                         {"expansion_factor", std::max<int64_t>(1, m.num_latents / m.d_in)},
                         {"normalize_decoder", true},
                         {"num_latents", m.num_latents},
@@ -114,11 +133,31 @@ absl::Status WriteSparsify(const std::string& dir, const CheckpointContents& c) 
                            {"W_dec", p.w_dec}, {"b_dec", p.b_pre}});
 }
 
-absl::Status WriteSaeLens(const std::string& dir, const CheckpointContents& c) {
-  fs::create_directories(dir);
+absl::Status WriteSaeLens(const std::string& dir, const CheckpointContents& c, const ActivationExport& plan) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return absl::InternalError("cannot create " + dir + ": " + ec.message());
   const auto& m = c.model;
+  // SAELens keeps unknown metadata fields (SAEMetadata takes any keyword), so the training
+  // figures travel with the weights.
+  nlohmann::json metadata = {{"sae_lens_version", "6.18.0"}, {"model_name", c.model_name},
+                             {"hook_name", c.hook_name.empty() ? c.hookpoint : c.hook_name},
+                             {"context_size", c.context_size}, {"dataset_path", c.dataset_path},
+                             {"trained_architecture", std::string(ArchitectureName(m.architecture))},
+                             {"training_steps", c.state.step}, {"training_tokens", c.state.tokens}};
+  if (ArchitectureUsesK(m.architecture)) metadata["k"] = m.k;
+  // SAELens' name for the nested dictionary sizes (increasing, the last the whole dictionary).
+  if (m.architecture == Architecture::kMatryoshka) metadata["matryoshka_widths"] = MakeActivationFunction(m)->Prefixes();
+  if (m.architecture == Architecture::kBatchTopK || m.architecture == Architecture::kMatryoshka) {
+    metadata["inference_threshold"] = m.inference_threshold;  // training units; < 0: not fitted
+  }
+  if (c.evaluation != nullptr) {
+    metadata["l0"] = c.evaluation->l0;
+    metadata["dead_latents"] = std::llround(c.evaluation->dead_fraction * static_cast<double>(m.num_latents));
+    metadata["evaluation_split"] = c.evaluation->split;
+  }
   nlohmann::json cfg = {
-      {"architecture", m.architecture == Architecture::kTopK ? "topk" : "standard"},
+      {"architecture", plan.saelens_architecture},
       {"d_in", m.d_in},
       {"d_sae", m.num_latents},
       {"dtype", "float32"},
@@ -127,16 +166,15 @@ absl::Status WriteSaeLens(const std::string& dir, const CheckpointContents& c) {
       {"normalize_activations", ExportedNormalization(m)},
       {"reshape_activations", "none"},
       {"rescale_acts_by_decoder_norm", false},
-      {"metadata", {{"sae_lens_version", "6.18.0"}, {"model_name", c.model_name},
-                    {"hook_name", c.hook_name.empty() ? c.hookpoint : c.hook_name},
-                    {"context_size", c.context_size}, {"dataset_path", c.dataset_path}}}};
-  if (m.architecture == Architecture::kTopK) cfg["k"] = m.k;
+      {"metadata", metadata}};
+  if (plan.saelens_architecture == "topk") cfg["k"] = m.k;
   auto st = WriteJson((fs::path(dir) / "cfg.json").string(), cfg);
   if (!st.ok()) return st;
   const SaeParameters p = ExportedWeights(c);
-  st = WriteSafetensors((fs::path(dir) / "sae_weights.safetensors").string(),
-                        {{"W_enc", p.w_enc.t().contiguous()}, {"b_enc", p.b_enc},
-                         {"W_dec", p.w_dec}, {"b_dec", p.b_pre}});
+  std::vector<std::pair<std::string, torch::Tensor>> weights = {
+      {"W_enc", p.w_enc.t().contiguous()}, {"b_enc", p.b_enc}, {"W_dec", p.w_dec}, {"b_dec", p.b_pre}};
+  if (plan.threshold.defined()) weights.emplace_back("threshold", plan.threshold);
+  st = WriteSafetensors((fs::path(dir) / "sae_weights.safetensors").string(), weights);
   if (!st.ok() || c.evaluation == nullptr) return st;
   return WriteSafetensors((fs::path(dir) / "sparsity.safetensors").string(),
                           {{"sparsity", c.evaluation->log10_density}});
@@ -145,7 +183,7 @@ absl::Status WriteSaeLens(const std::string& dir, const CheckpointContents& c) {
 }  // namespace
 
 nlohmann::json ModelConfigToJson(const ModelConfig& m) {
-  return {{"architecture", ArchitectureName(m.architecture)},
+  return {{"architecture", std::string(ArchitectureName(m.architecture))},
           {"d_in", m.d_in},
           {"num_latents", m.num_latents},
           {"k", m.k},
@@ -154,17 +192,28 @@ nlohmann::json ModelConfigToJson(const ModelConfig& m) {
           {"dead_tokens_threshold", m.dead_tokens_threshold},
           {"l1_coefficient", m.l1_coefficient},
           {"normalize_inputs", NormalizationName(m.normalize_inputs)},
-          {"input_scale", m.input_scale}};
+          {"input_scale", m.input_scale},
+          {"k_initial", m.k_initial},
+          {"k_schedule_steps", m.k_schedule_steps},
+          {"threshold_decay", m.threshold_decay},
+          {"inference_threshold", m.inference_threshold},
+          {"jumprelu_initial_threshold", m.jumprelu_initial_threshold},
+          {"jumprelu_bandwidth", m.jumprelu_bandwidth},
+          {"l0_coefficient", m.l0_coefficient},
+          {"target_l0", m.target_l0},
+          {"matryoshka_prefixes", m.matryoshka_prefixes}};
 }
 
 namespace {
 
+// `r` is validated (ParseTrainerStateModel), so its names parse.
 ModelConfig ModelConfigFromRecord(const TrainerStateModel& r) {
   ModelConfig m;
-  m.architecture = r.architecture == "topk" ? Architecture::kTopK : Architecture::kReLU;
+  m.architecture = ParseArchitecture(r.architecture).value_or(Architecture::kTopK);
   m.d_in = r.d_in;
   m.num_latents = r.num_latents;
-  m.k = r.k;
+  // Absent for an architecture without k: keep the default rather than 0.
+  if (r.k > 0) m.k = r.k;
   m.k_aux = r.k_aux;
   m.auxk_alpha = r.auxk_alpha;
   m.dead_tokens_threshold = r.dead_tokens_threshold;
@@ -173,6 +222,15 @@ ModelConfig ModelConfigFromRecord(const TrainerStateModel& r) {
                        : r.normalize_inputs == "dataset_constant" ? InputNormalization::kDatasetConstant
                                                                   : InputNormalization::kNone;
   m.input_scale = r.input_scale;
+  m.k_initial = r.k_initial;
+  m.k_schedule_steps = r.k_schedule_steps;
+  m.threshold_decay = r.threshold_decay;
+  m.inference_threshold = r.inference_threshold;
+  m.jumprelu_initial_threshold = r.jumprelu_initial_threshold;
+  m.jumprelu_bandwidth = r.jumprelu_bandwidth;
+  m.l0_coefficient = r.l0_coefficient;
+  m.target_l0 = r.target_l0;
+  m.matryoshka_prefixes = r.matryoshka_prefixes;
   return m;
 }
 
@@ -197,6 +255,12 @@ absl::Status BeginCheckpoint(const std::string& output_dir, int64_t step) {
   return absl::OkStatus();
 }
 
+std::string SparsifyExportDir(const std::string& step_dir, const std::string& hookpoint) {
+  return (fs::path(step_dir) / kSparsifyRunDirName / hookpoint).string();
+}
+
+std::string SaeLensExportDir(const std::string& step_dir) { return (fs::path(step_dir) / kSaeLensDirName).string(); }
+
 std::string StateSliceFileName(int64_t shard, int64_t shards) {
   if (shards == 1) return "trainer_state.safetensors";
   return absl::StrFormat("trainer_state.shard-%05d-of-%05d.safetensors", shard, shards);
@@ -217,8 +281,14 @@ absl::StatusOr<std::string> FinishCheckpoint(const std::string& output_dir, cons
   const fs::path root = CheckpointsDir(output_dir);
   const fs::path final_dir = root / StepDirName(c.state.step);
   const fs::path tmp_dir = CheckpointTempDir(output_dir, c.state.step);
-  auto st = WriteSparsify((tmp_dir / c.hookpoint).string(), c);
-  if (st.ok() && c.export_saelens) st = WriteSaeLens((tmp_dir / "saelens").string(), c);
+  auto plan = ExportOf(c.model, c.published);
+  if (!plan.ok()) return plan.status();
+  absl::Status st;
+  if (plan->sparsify_loadable) st = WriteSparsify(SparsifyExportDir(tmp_dir.string(), c.hookpoint), c);
+  // Without a sparsify export the SAELens export is the only one, so export_saelens cannot drop it.
+  if (st.ok() && (c.export_saelens || !plan->sparsify_loadable)) {
+    st = WriteSaeLens(SaeLensExportDir(tmp_dir.string()), c, *plan);
+  }
   if (!st.ok()) return st;
   const auto& s = c.state;
   nlohmann::json slices = nlohmann::json::array();
@@ -318,19 +388,45 @@ absl::StatusOr<PublishedSae> LoadPublishedSae(const std::string& path) {
   out.step = record->step;
   out.tokens = record->tokens;
   out.hookpoint = record->hookpoint.empty() ? "sae" : record->hookpoint;
-  // The sparsify export holds the published weights with the input scale folded out; fold it
-  // back in so that the recorded config applies.
+  // The sparsify export when there is one: in the run directory, or (older checkpoints) directly
+  // in the step directory, where a hookpoint named "saelens" would be the SAELens export.
+  const fs::path step(out.step_dir);
+  std::string sparsify_dir = SparsifyExportDir(out.step_dir, out.hookpoint);
+  if (!fs::is_regular_file(fs::path(sparsify_dir) / "cfg.json", ec)) {
+    sparsify_dir = out.hookpoint != kSaeLensDirName && fs::is_regular_file(step / out.hookpoint / "cfg.json", ec)
+                       ? (step / out.hookpoint).string()
+                       : std::string();
+  }
+  const std::string saelens_dir = SaeLensExportDir(out.step_dir);
+  if (sparsify_dir.empty() && !fs::is_regular_file(fs::path(saelens_dir) / "cfg.json", ec)) {
+    return absl::NotFoundError(absl::StrCat(out.step_dir, ": no exported weights: neither a sparsify export (",
+                                            SparsifyExportDir(out.step_dir, out.hookpoint),
+                                            "/cfg.json) nor a SAELens export (", saelens_dir, "/cfg.json)"));
+  }
   ModelConfig exported;
-  auto params = LoadSparsifySae((fs::path(out.step_dir) / out.hookpoint).string(), &exported);
+  auto params = sparsify_dir.empty() ? LoadSaeLensSae(saelens_dir, &exported) : LoadSparsifySae(sparsify_dir, &exported);
   if (!params.ok()) return params.status();
+  const std::string export_dir = sparsify_dir.empty() ? saelens_dir : sparsify_dir;
   if (exported.num_latents != out.model.num_latents || exported.d_in != out.model.d_in) {
-    return absl::DataLossError(absl::StrCat(out.step_dir, ": the sparsify export's shape [", exported.num_latents, ", ",
+    return absl::DataLossError(absl::StrCat(export_dir, ": the export's shape [", exported.num_latents, ", ",
                                             exported.d_in, "] differs from trainer_state.json's [",
                                             out.model.num_latents, ", ", out.model.d_in, "]"));
   }
+  // JumpReLU's thresholds are trained weights; the other architectures have none (BatchTopK's
+  // exported thresholds are its inference_threshold, which trainer_state.json holds).
+  if (out.model.architecture == Architecture::kJumpReLU) {
+    if (!params->log_threshold.defined()) {
+      return absl::DataLossError(absl::StrCat(export_dir, ": a jumprelu checkpoint's export has no thresholds"));
+    }
+  } else {
+    params->log_threshold = torch::Tensor();
+  }
+  // The exports hold the published weights with the input scale folded out; fold it back in so
+  // that the recorded config applies.
   if (out.model.normalize_inputs == InputNormalization::kDatasetConstant) {
     params->b_enc = params->b_enc * out.model.input_scale;
     params->b_pre = params->b_pre * out.model.input_scale;
+    if (params->log_threshold.defined()) params->log_threshold = params->log_threshold + std::log(out.model.input_scale);
   }
   out.params = *std::move(params);
   return out;
@@ -363,10 +459,15 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& step_dir, int
   std::vector<StateSliceInfo> slices;
   for (const auto& slice : record->state_slices) slices.push_back({slice.file, slice.latent_begin, slice.latent_end});
   const bool has_ema = record->has_ema;
+  // The trained tensors in SaeParameters::Names() order: JumpReLU's log_threshold is the fifth.
+  const size_t count = out.model.architecture == Architecture::kJumpReLU ? 5 : 4;
+  const std::vector<std::string> groups = {"params.", "adam.exp_avg.", "adam.exp_avg_sq.", "ema."};
 
-  // Per-latent tensors: the overlapping rows of every slice, concatenated. b_pre: the first one.
-  std::vector<std::vector<torch::Tensor>> parts(3 * 4 + 1);  // params, m, v, ema x 4 names; dead
-  std::vector<torch::Tensor> whole(4);                      // b_pre, its m, v, ema
+  // Per-latent tensors: the overlapping rows of every slice, concatenated. The others (b_pre):
+  // the first slice's.
+  std::vector<std::vector<std::vector<torch::Tensor>>> parts(groups.size(), std::vector<std::vector<torch::Tensor>>(count));
+  std::vector<std::vector<torch::Tensor>> whole(groups.size(), std::vector<torch::Tensor>(count));
+  std::vector<torch::Tensor> dead_parts;
   for (const auto& slice : slices) {
     const int64_t lo = std::max(latent_begin, slice.latent_begin), hi = std::min(latent_end, slice.latent_end);
     if (lo >= hi) continue;
@@ -374,17 +475,17 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& step_dir, int
     auto file = SafetensorsFile::Open(tensors_path);
     if (!file.ok()) return absl::DataLossError(std::string(file.status().message()));
     const int64_t rows = slice.latent_end - slice.latent_begin;
-    const std::vector<std::vector<int64_t>> shapes = {{rows, d}, {rows}, {rows, d}, {d}};
-    const std::vector<std::string> groups = {"params.", "adam.exp_avg.", "adam.exp_avg_sq.", "ema."};
+    // Shapes in Names() order: W_enc, b_enc, W_dec, b_pre, log_threshold.
+    const std::vector<std::vector<int64_t>> shapes = {{rows, d}, {rows}, {rows, d}, {d}, {rows}};
     for (size_t g = 0; g < groups.size(); ++g) {
       if (g == 3 && !has_ema) continue;
-      for (size_t i = 0; i < shapes.size(); ++i) {
+      for (size_t i = 0; i < count; ++i) {
         auto t = ReadTensor(*file, groups[g] + SaeParameters::Names()[i], shapes[i]);
         if (!t.ok()) return t.status();
-        if (i == 3) {
-          if (!whole[g].defined()) whole[g] = *t;
+        if (!SaeParameters::IsPerLatent(i)) {
+          if (!whole[g][i].defined()) whole[g][i] = *t;
         } else {
-          parts[g * 3 + i].push_back(t->narrow(0, lo - slice.latent_begin, hi - lo));
+          parts[g][i].push_back(t->narrow(0, lo - slice.latent_begin, hi - lo));
         }
       }
     }
@@ -392,21 +493,22 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& step_dir, int
     if (!dead.ok() || dead->sizes().vec() != std::vector<int64_t>{rows} || dead->scalar_type() != torch::kLong) {
       return absl::DataLossError(tensors_path + ": missing or malformed dead.tokens_since_fired");
     }
-    parts[12].push_back(dead->narrow(0, lo - slice.latent_begin, hi - lo));
+    dead_parts.push_back(dead->narrow(0, lo - slice.latent_begin, hi - lo));
     if (!s.rng_state.defined() && file->Has("rng.cpu")) s.rng_state = *file->Get("rng.cpu");
   }
   auto cat = [](const std::vector<torch::Tensor>& ts) { return torch::cat(ts, 0).contiguous(); };
-  std::vector<torch::Tensor> params;
-  for (size_t g = 0; g < 4; ++g) {
+  std::vector<std::vector<torch::Tensor>> tensors(groups.size());
+  for (size_t g = 0; g < groups.size(); ++g) {
     if (g == 3 && !has_ema) break;
-    std::vector<torch::Tensor> four = {cat(parts[g * 3]), cat(parts[g * 3 + 1]), cat(parts[g * 3 + 2]), whole[g]};
-    if (g == 0) params = four;
-    if (g == 1) s.adam_exp_avg = four;
-    if (g == 2) s.adam_exp_avg_sq = four;
-    if (g == 3) s.ema_shadow = four;
+    for (size_t i = 0; i < count; ++i) {
+      tensors[g].push_back(SaeParameters::IsPerLatent(i) ? cat(parts[g][i]) : whole[g][i]);
+    }
   }
-  out.raw = {params[0], params[1], params[2], params[3]};
-  s.tokens_since_fired = cat(parts[12]);
+  out.raw = SaeParameters::FromList(tensors[0]);
+  s.adam_exp_avg = tensors[1];
+  s.adam_exp_avg_sq = tensors[2];
+  s.ema_shadow = tensors[3];
+  s.tokens_since_fired = cat(dead_parts);
   return out;
 }
 
@@ -432,7 +534,13 @@ absl::StatusOr<SaeParameters> LoadSparsifySae(const std::string& dir, ModelConfi
   ModelConfig m;
   try {
     const std::string act = cfg->at("activation").get<std::string>();
-    m.architecture = act == "relu" ? Architecture::kReLU : Architecture::kTopK;
+    if (act == "topk") {
+      m.architecture = Architecture::kTopK;
+    } else if (act == "relu") {  // written by older checkpoints for ReLU; sparsify itself refuses it
+      m.architecture = Architecture::kReLU;
+    } else {
+      return absl::DataLossError(absl::StrCat(cfg_path, ": activation: must be \"topk\" (or \"relu\"), got \"", act, "\""));
+    }
     m.d_in = cfg->at("d_in").get<int64_t>();
     m.num_latents = cfg->at("num_latents").get<int64_t>();
     m.k = cfg->at("k").get<int64_t>();
@@ -451,8 +559,77 @@ absl::StatusOr<SaeParameters> LoadSparsifySae(const std::string& dir, ModelConfi
     if (!t->ok()) return t->status();
   }
   if (config != nullptr) *config = ResolveModelConfig(m, d);
-  return SaeParameters{w_enc->to(torch::kFloat), b_enc->to(torch::kFloat), w_dec->to(torch::kFloat),
-                       b_dec->to(torch::kFloat)};
+  return SaeParameters::FromList({w_enc->to(torch::kFloat), b_enc->to(torch::kFloat), w_dec->to(torch::kFloat),
+                                  b_dec->to(torch::kFloat)});
+}
+
+absl::StatusOr<SaeParameters> LoadSaeLensSae(const std::string& dir, ModelConfig* config) {
+  const std::string cfg_path = (fs::path(dir) / "cfg.json").string();
+  auto cfg = ReadJson(cfg_path);
+  if (!cfg.ok()) return cfg.status();
+  ModelConfig m;
+  std::string architecture;
+  try {
+    architecture = cfg->at("architecture").get<std::string>();
+    m.d_in = cfg->at("d_in").get<int64_t>();
+    m.num_latents = cfg->at("d_sae").get<int64_t>();
+    const std::string norm = cfg->value("normalize_activations", std::string("none"));
+    if (norm == "layer_norm") {
+      m.normalize_inputs = InputNormalization::kLayerNorm;
+    } else if (norm != "none") {
+      return absl::DataLossError(absl::StrCat(cfg_path, ": normalize_activations: must be \"none\" or \"layer_norm\", got \"",
+                                              norm, "\""));
+    }
+    const nlohmann::json metadata = cfg->value("metadata", nlohmann::json::object());
+    if (architecture == "topk") {
+      m.architecture = Architecture::kTopK;
+      m.k = cfg->at("k").get<int64_t>();
+    } else if (architecture == "standard") {
+      m.architecture = Architecture::kReLU;
+    } else if (architecture == "jumprelu") {
+      // BatchTopK and Matryoshka are exported as JumpReLU; the metadata says what was trained.
+      const auto trained = ParseArchitecture(metadata.value("trained_architecture", std::string("jumprelu")));
+      m.architecture = trained == Architecture::kBatchTopK || trained == Architecture::kMatryoshka ? *trained
+                                                                                                    : Architecture::kJumpReLU;
+      if (m.architecture != Architecture::kJumpReLU) {
+        m.k = metadata.value("k", m.k);
+        const auto widths = metadata.value("matryoshka_widths", std::vector<int64_t>());
+        if (m.architecture == Architecture::kMatryoshka && widths.size() > 1) {
+          m.matryoshka_prefixes.assign(widths.begin(), widths.end() - 1);
+        }
+      }
+    } else {
+      return absl::DataLossError(absl::StrCat(cfg_path, ": architecture: must be \"topk\", \"standard\" or \"jumprelu\", got \"",
+                                              architecture, "\""));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(absl::StrCat(cfg_path, ": ", e.what()));
+  }
+  const std::string weights = (fs::path(dir) / "sae_weights.safetensors").string();
+  auto file = SafetensorsFile::Open(weights);
+  if (!file.ok()) return absl::DataLossError(std::string(file.status().message()));
+  const int64_t n = m.num_latents, d = m.d_in;
+  auto w_enc = ReadTensor(*file, "W_enc", {d, n});
+  auto b_enc = ReadTensor(*file, "b_enc", {n});
+  auto w_dec = ReadTensor(*file, "W_dec", {n, d});
+  auto b_dec = ReadTensor(*file, "b_dec", {d});
+  for (const auto* t : {&w_enc, &b_enc, &w_dec, &b_dec}) {
+    if (!t->ok()) return t->status();
+  }
+  SaeParameters p = SaeParameters::FromList({w_enc->to(torch::kFloat).t().contiguous(), b_enc->to(torch::kFloat),
+                                             w_dec->to(torch::kFloat), b_dec->to(torch::kFloat)});
+  if (architecture == "jumprelu") {
+    auto threshold = ReadTensor(*file, "threshold", {n});
+    if (!threshold.ok()) return threshold.status();
+    const torch::Tensor theta = threshold->to(torch::kFloat);
+    if (m.architecture == Architecture::kJumpReLU) {
+      p.log_threshold = theta.log().contiguous();
+    } else if (n > 0) {
+      m.inference_threshold = theta[0].item<double>();
+    }
+  }
+  if (config != nullptr) *config = ResolveModelConfig(m, d);
+  return p;
 }
 
 }  // namespace saegrid

@@ -2,13 +2,26 @@
 // name and renamed when complete, with LATEST naming the newest.
 //
 //   step_000000100/
-//     <hookpoint>/cfg.json, <hookpoint>/sae.safetensors   EleutherAI sparsify layout
+//     sparsify/<hookpoint>/cfg.json, sae.safetensors       EleutherAI sparsify layout (TopK only)
 //     saelens/cfg.json, sae_weights.safetensors, sparsity.safetensors   SAELens v6 export
 //     trainer_state.json, trainer_state.safetensors      everything resume needs
 //       (a sharded run writes one trainer_state.shard-SSSSS-of-TTTTT.safetensors per latent
 //       shard instead; trainer_state.json lists the slices and their latent ranges)
 //     evaluation.json                                     when the step was evaluated
 //     top_examples.json                                   when evaluation.run had top_examples
+//
+// sparsify/ is a sparsify run directory: it holds only hookpoint directories, because sparsify's
+// whole-run loader (SparseCoder.load_many) takes every sub-directory for one. It is written only
+// for TopK, the one architecture sparsify's config parser accepts ("activation": "topk"). The
+// SAELens export is per architecture: TopK as "topk" with k, ReLU as "standard", JumpReLU as
+// "jumprelu" with its thresholds, BatchTopK and Matryoshka as "jumprelu" with every threshold at
+// the fitted inference threshold (as SAELens and dictionary_learning export BatchTopK); its
+// cfg.json "metadata" records the architecture trained and the evaluation's L0 and dead count.
+// checkpoint.export_saelens = false leaves the SAELens export out for TopK only: for the other
+// architectures it is the only export, so it is always written.
+//
+// Checkpoints written before the sparsify run directory existed hold the sparsify layout at
+// <hookpoint>/ (ReLU's too, with "activation": "relu"); the readers here accept both layouts.
 //
 // The published weights (sparsify, SAELens) are the EMA weights when EMA is on, else the raw
 // weights; the trainer state always holds the raw weights and optimiser moments.
@@ -28,8 +41,9 @@
 
 namespace saegrid {
 
-// The trainer state of the latents [latent_begin, latent_end): rows of W_enc, b_enc, W_dec, their
-// moments, EMA and dead counters (b_pre and its moments are whole in every slice).
+// The trainer state of the latents [latent_begin, latent_end): rows of W_enc, b_enc, W_dec (and
+// JumpReLU's log_threshold), their moments, EMA and dead counters (b_pre and its moments are
+// whole in every slice).
 struct TrainerState {
   int64_t latent_begin = 0;
   int64_t latent_end = 0;
@@ -42,7 +56,8 @@ struct TrainerState {
   std::vector<torch::Tensor> ema_shadow;  // empty without EMA
   int64_t ema_updates = 0;
   torch::Tensor rng_state;  // LibTorch's default CPU generator
-  int64_t overflow_tokens = 0;  // capacity overflows so far (sharded runs)
+  int64_t overflow_tokens = 0;  // capacity overflows so far (sharded runs): possibly truncated
+  int64_t truncated_tokens = 0;  // ... and truncated (written and read as "truncated_tokens")
 };
 
 struct StateSliceInfo {
@@ -54,6 +69,7 @@ struct StateSliceInfo {
 struct CheckpointContents {
   ModelConfig model;
   std::string hookpoint = "sae";
+  // Applies to TopK only: every other architecture's SAELens export is its only export.
   bool export_saelens = true;
   // Where the activations came from, recorded in the SAELens metadata.
   std::string dataset_path;
@@ -104,14 +120,29 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& step_dir, int
 // Removes all but the newest `keep_last` step directories (keep_last <= 0 keeps all).
 absl::Status PruneCheckpoints(const std::string& output_dir, int64_t keep_last);
 
+// Where a step directory's exports lie (the layout above).
+std::string SparsifyExportDir(const std::string& step_dir, const std::string& hookpoint);
+std::string SaeLensExportDir(const std::string& step_dir);
+
 // Reads a sparsify-layout SAE (<dir>/cfg.json + <dir>/sae.safetensors) as float32 parameters;
-// `config` receives what cfg.json states.
+// `config` receives what cfg.json states ("activation" "topk", or "relu" as older checkpoints
+// wrote it).
 absl::StatusOr<SaeParameters> LoadSparsifySae(const std::string& dir, ModelConfig* config);
+
+// Reads a SAELens export (<dir>/cfg.json + <dir>/sae_weights.safetensors) as float32 parameters
+// (W_enc back to [n, d]); `config` receives what cfg.json states: "topk" (with k), "standard"
+// (ReLU), "jumprelu" (log_threshold = log of the "threshold" tensor), or, for "jumprelu" with
+// metadata.trained_architecture "batchtopk" or "matryoshka", that architecture with its
+// inference_threshold (the thresholds' value), k and prefixes from the metadata and no
+// log_threshold. Units are the export's: raw activations, no input scale.
+absl::StatusOr<SaeParameters> LoadSaeLensSae(const std::string& dir, ModelConfig* config);
 
 // The weights a checkpoint publishes (the EMA's when EMA was on), in the space the SAE was trained
 // in: its model config (normalisation and input scale included) applies to raw inputs as it did in
-// training. `path` is a step directory, or an output directory (its newest step). What the
-// evaluations and a meta-SAE's data read.
+// training. `path` is a step directory, or an output directory (its newest step). Read from the
+// sparsify export when there is one (sparsify/<hookpoint>/, or <hookpoint>/ in older
+// checkpoints), else from the SAELens export (with JumpReLU's log_threshold); the model config is
+// trainer_state.json's. What the evaluations and a meta-SAE's data read.
 struct PublishedSae {
   std::string step_dir;
   std::string hookpoint;

@@ -9,7 +9,9 @@
 
 namespace saegrid {
 
-enum class Architecture { kTopK, kReLU };
+// The activation function (engine/activation/ has one file per architecture; their config
+// names are in engine/activation/architecture_names.h).
+enum class Architecture { kTopK, kBatchTopK, kJumpReLU, kMatryoshka, kReLU };
 // kDatasetConstant: every input times one constant, fitted on the initialisation sample so that
 // E||x||^2 = d_in (ModelConfig::input_scale), kept in the checkpoint and folded out on export.
 enum class InputNormalization { kNone, kLayerNorm, kDatasetConstant };
@@ -34,6 +36,27 @@ struct ModelConfig {
   double auxk_alpha = 1.0 / 32.0;
   int64_t dead_tokens_threshold = 10'000'000;  // a latent silent for this many tokens is dead
   double l1_coefficient = 1e-3;                // ReLU SAE only
+  // The k schedule (TopK, BatchTopK, Matryoshka): k starts at k_initial and decreases linearly
+  // to k over the first k_schedule_steps steps (0 / 0: k throughout).
+  int64_t k_initial = 0;
+  int64_t k_schedule_steps = 0;
+  // BatchTopK and Matryoshka: the inference threshold is an exponential moving average of the
+  // smallest kept activation of each batch, with this decay.
+  double threshold_decay = 0.99;
+  // Fitted during training (BatchTopK, Matryoshka): the threshold inference applies instead of the
+  // batch's top k*B (kept in the checkpoint, exported as a JumpReLU threshold); < 0: not yet.
+  double inference_threshold = -1;
+  // JumpReLU (Rajamanoharan et al.): per-latent thresholds theta = exp(log_threshold), trained
+  // with the straight-through estimator (rectangle kernel of this bandwidth) and the step (L0)
+  // penalty l0_coefficient * mean per-token L0; with target_l0 > 0 the penalty is
+  // l0_coefficient * (L0 / target_l0 - 1)^2 instead.
+  double jumprelu_initial_threshold = 0.001;
+  double jumprelu_bandwidth = 0.001;
+  double l0_coefficient = 1e-3;
+  double target_l0 = 0;
+  // Matryoshka: the nested dictionaries' sizes, increasing, the last < num_latents (the whole
+  // dictionary is always the last prefix). Empty: num_latents / 16, / 8, / 4, / 2.
+  std::vector<int64_t> matryoshka_prefixes;
   ComputeDtype compute_dtype = ComputeDtype::kFloat32;
   // Latents per encoder chunk of the sparse TopK step (0: about 64 MiB of pre-activations).
   int64_t encoder_chunk_latents = 0;

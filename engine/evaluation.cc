@@ -103,7 +103,10 @@ nlohmann::json EvalResultToJson(const EvalResult& r) {
                      {"candidates_per_shard", r.candidates_per_shard},
                      {"training_overflow_tokens", r.training_overflow_tokens},
                      {"training_overflow_rate", r.training_overflow_rate},
-                     {"eval_overflow_rate", r.eval_overflow_rate}};
+                     {"training_truncated_tokens", r.training_truncated_tokens},
+                     {"training_truncated_rate", r.training_truncated_rate},
+                     {"eval_overflow_rate", r.eval_overflow_rate},
+                     {"eval_truncated_rate", r.eval_truncated_rate}};
   }
   if (r.has_ground_truth) {
     j["ground_truth"] = {{"num_features", r.num_true_features},
@@ -129,9 +132,11 @@ std::string FormatEvalTable(const EvalResult& r) {
   }
   if (r.shards > 1) {
     absl::StrAppend(&s, absl::StrFormat(
-        "  %-30s %12s\n  %-30s %11.3f%%\n  %-30s %11.3f%%\n", "shards x candidates",
-        absl::StrFormat("%d x %d", r.shards, r.candidates_per_shard), "capacity overflow (training)",
-        100 * r.training_overflow_rate, "capacity overflow (eval)", 100 * r.eval_overflow_rate));
+        "  %-30s %12s\n  %-30s %11.3f%%\n  %-30s %11.3f%%\n  %-30s %11.3f%%\n  %-30s %11.3f%%\n",
+        "shards x candidates", absl::StrFormat("%d x %d", r.shards, r.candidates_per_shard),
+        "possibly truncated (training)", 100 * r.training_overflow_rate, "truncated (training)",
+        100 * r.training_truncated_rate, "possibly truncated (eval)", 100 * r.eval_overflow_rate,
+        "truncated (eval)", 100 * r.eval_truncated_rate));
   }
   absl::StrAppend(&s, "  log10 density histogram:");
   for (size_t b = 0; b < r.density_histogram.size(); ++b) {

@@ -44,12 +44,16 @@ struct EvalResult {
   double recovery_cosine = 0.9;
   double recovered_fraction = 0;
   // Sharded training (shards > 1): the capacity factor's effect. Overflow = a token whose lowest
-  // offered candidate on some shard made the global top-k, so its selection may be truncated.
+  // offered candidate on some shard made the global top-k, so its selection may be truncated;
+  // truncated = one whose selection was (a candidate a shard did not offer would have made it).
   int64_t shards = 1;
   int64_t candidates_per_shard = 0;       // k_in
   int64_t training_overflow_tokens = 0;   // over the whole run
   double training_overflow_rate = 0;
+  int64_t training_truncated_tokens = 0;
+  double training_truncated_rate = 0;
   double eval_overflow_rate = 0;          // the evaluation tokens under the same (S, k_in)
+  double eval_truncated_rate = 0;
   // The papers' evaluations of evaluation.run, when they ran (evaluation.json's "evaluations").
   std::shared_ptr<const SuiteReport> evaluations;
 };

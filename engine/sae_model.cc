@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "engine/chunked_encoder.h"
@@ -71,16 +72,6 @@ class ScopedPhase {
 
 }  // namespace
 
-const std::vector<std::string>& SaeParameters::Names() {
-  static const std::vector<std::string> names = {"W_enc", "b_enc", "W_dec", "b_pre"};
-  return names;
-}
-
-SaeParameters SaeParameters::Clone() const {
-  return {w_enc.detach().clone(), b_enc.detach().clone(), w_dec.detach().clone(),
-          b_pre.detach().clone()};
-}
-
 int64_t NearestPowerOfTwo(double value) {
   if (value <= 1) return 1;
   return int64_t{1} << static_cast<int>(std::lround(std::log2(value)));
@@ -118,7 +109,9 @@ ForwardSums ForwardSums::FromHost(const torch::Tensor& host) {
   s.aux_error_sq = v[kAuxErrorSq];
   s.l1 = v[kL1];
   s.active = v[kActive];
-  s.overflow_tokens = v[kOverflowTokens];
+  s.possibly_truncated = v[kPossiblyTruncated];
+  s.truncated = v[kTruncated];
+  s.prefix_error_sq = v[kPrefixErrorSq];
   s.tokens = v[kTokens];
   s.variance = v[kVariance];
   s.residual_variance = v[kResidualVariance];
@@ -138,7 +131,9 @@ void MetricsFromHostSums(ForwardOutput& out, int64_t d_in) {
   out.auxk_loss = s.residual_variance > 0 ? s.aux_error_sq / s.residual_variance : 0;
   out.l1_loss = s.l1 / tokens;
   out.l0 = s.active / tokens;
-  out.overflow_rate = s.overflow_tokens / tokens;
+  out.prefix_fvu = s.prefix_error_sq / std::max(s.variance, 1e-30);
+  out.overflow_rate = s.possibly_truncated / tokens;
+  out.truncated_rate = s.truncated / tokens;
 }
 
 SaeModel::SaeModel(const ModelConfig& config, int64_t shard, int64_t shards, torch::Device device)
@@ -153,14 +148,34 @@ SaeModel::SaeModel(const ModelConfig& config, int64_t shard, int64_t shards, tor
   params_.b_enc = torch::zeros({latent_count_}, opts);
   params_.w_dec = torch::zeros({latent_count_, config_.d_in}, opts);
   params_.b_pre = torch::zeros({config_.d_in}, opts);
+  if (config_.architecture == Architecture::kJumpReLU) params_.log_threshold = torch::zeros({latent_count_}, opts);
   for (auto& p : params_.All()) p.set_requires_grad(true);
+  activation_ = MakeActivationFunction(config_);
 }
 
 SaeModel SaeModel::ForInference(const ModelConfig& config) {
   SaeModel m;
   m.config_ = config;
   m.latent_count_ = config.num_latents;
+  m.activation_ = MakeActivationFunction(config);
   return m;
+}
+
+SaeModel::SaeModel(const SaeModel& other)
+    : config_(other.config_),
+      activation_(MakeActivationFunction(other.config_)),
+      latent_begin_(other.latent_begin_),
+      latent_count_(other.latent_count_),
+      params_(other.params_) {}
+
+SaeModel& SaeModel::operator=(const SaeModel& other) {
+  if (this != &other) *this = SaeModel(other);
+  return *this;
+}
+
+void SaeModel::set_inference_threshold(double threshold) {
+  config_.inference_threshold = threshold;
+  activation_->set_inference_threshold(threshold);
 }
 
 void SaeModel::Initialize(const torch::Tensor& sample, uint64_t seed) {
@@ -184,6 +199,9 @@ void SaeModel::Initialize(const torch::Tensor& sample, uint64_t seed) {
   params_.w_enc.copy_(dec);
   params_.b_enc.zero_();
   params_.b_pre.copy_(GeometricMedian(sample.to(torch::kFloat)));
+  if (params_.log_threshold.defined()) {
+    params_.log_threshold.fill_(std::log(config_.jumprelu_initial_threshold));
+  }
 }
 
 double SaeModel::FitInputScale(const torch::Tensor& sample) {
@@ -201,36 +219,13 @@ torch::Tensor SaeModel::NormalizeInputs(const torch::Tensor& x) const {
   return centered / (std + kLayerNormEps);
 }
 
-torch::Tensor SaeModel::PreActivations(const torch::Tensor& x, const SaeParameters& p) const {
-  return torch::addmm(p.b_enc, x - p.b_pre, p.w_enc.t());
-}
-
-Selection SaeModel::SelectMain(const torch::Tensor& pre) const {
-  if (config_.architecture == Architecture::kReLU) {
-    // The active set of a ReLU SAE, padded to the widest row of the batch: the top-m
-    // pre-activations contain every positive one; the padding is <= 0 and ReLU zeroes it.
-    const int64_t widest = (pre > 0).sum(1).max().item<int64_t>();
-    const auto top = pre.topk(std::max<int64_t>(widest, 1), 1, true, false);
-    return {std::get<1>(top), std::get<0>(top)};
-  }
-  const auto top = pre.topk(std::min(config_.k, pre.size(1)), 1, true, true);
-  return {std::get<1>(top), std::get<0>(top)};
-}
-
-std::optional<Selection> SaeModel::SelectAux(const torch::Tensor& pre,
-                                             const torch::Tensor& dead_mask) const {
-  if (config_.architecture != Architecture::kTopK || !dead_mask.defined()) return std::nullopt;
-  const auto dead = dead_mask.nonzero().squeeze(1);
-  if (dead.numel() == 0) return std::nullopt;
-  const int64_t k_aux = std::min(config_.k_aux, dead.numel());
-  const auto top = pre.index_select(1, dead).topk(k_aux, 1, true, true);
-  const auto local = std::get<1>(top);
-  return Selection{dead.index_select(0, local.flatten()).view_as(local), std::get<0>(top)};
-}
 
 ForwardOutput SaeModel::TrainingForward(const torch::Tensor& x, const torch::Tensor& dead_mask,
-                                        ComputePath path) const {
-  auto out = Forward(x, dead_mask, path, nullptr);
+                                        ComputePath path, int64_t k) const {
+  ParallelForward single;
+  single.k = k;
+  single.dead_total = dead_mask.defined() ? dead_mask.sum().item<int64_t>() : 0;
+  auto out = Forward(x, dead_mask, path, &single);
   TORCH_CHECK(out.ok(), std::string(out.status().message()));
   FinalizeMetrics(*out, config_.d_in);
   return *std::move(out);
@@ -258,201 +253,295 @@ absl::Status SaeModel::ReduceShardGradients(const ForwardOutput& out, Communicat
   return absl::OkStatus();
 }
 
-absl::StatusOr<ForwardOutput> SaeModel::Forward(const torch::Tensor& x, const torch::Tensor& dead_mask,
-                                                ComputePath path, const ParallelForward* parallel) const {
-  const auto& p = params_;
-  const int64_t batch = x.size(0);
-  Communicator* shards = parallel != nullptr && parallel->shards != nullptr && parallel->shards->size() > 1
-                             ? parallel->shards : nullptr;
-  Communicator* replicas = parallel != nullptr && parallel->replicas != nullptr &&
-                                   parallel->replicas->size() > 1
-                               ? parallel->replicas : nullptr;
-  const double num_replicas = replicas != nullptr ? replicas->size() : 1;
-  const bool topk = config_.architecture == Architecture::kTopK;
-  if (shards != nullptr && path != ComputePath::kSparse) {
-    return absl::InvalidArgumentError("the dense reference path runs unsharded only");
-  }
-  StepProfile* profile = parallel != nullptr ? parallel->profile : nullptr;
-  ForwardOutput out;
-  torch::Tensor x_centered;
-  {
-    torch::NoGradGuard no_grad;
-    x_centered = x - p.b_pre;
-  }
-  // The sparse TopK step never holds the B x n pre-activations: the encoder runs in chunks of
-  // latents feeding running top-k's (engine/chunked_encoder.h). The dense reference (and ReLU,
-  // whose active set has no fixed width) keeps the whole matrix and LibTorch's topk.
-  const bool chunked = path == ComputePath::kSparse && topk;
-  const int64_t main_width = shards != nullptr ? parallel->k_in : std::min(config_.k, latent_count_);
-  int64_t aux_width = 0;
-  if (topk && dead_mask.defined()) {
-    if (shards != nullptr) {
-      aux_width = parallel->dead_total > 0 ? parallel->k_aux_in : 0;
-    } else {
-      // The trainer counted the dead latents already (its one host read of them per step).
-      const int64_t dead = parallel != nullptr ? parallel->dead_total : dead_mask.sum().item<int64_t>();
-      aux_width = std::min(config_.k_aux, dead);
-    }
-  }
-  std::optional<ScopedPhase> phase;  // the phase now running (reassigned as the pass goes on)
+namespace {
+
+// AuxK's per-token selection over the dead latents of the dense pre-activations (the reference).
+std::optional<Selection> DenseAuxSelection(const torch::Tensor& pre, const torch::Tensor& dead_mask,
+                                           int64_t width) {
+  if (width <= 0 || !dead_mask.defined()) return std::nullopt;
+  const auto dead = dead_mask.nonzero().squeeze(1);
+  if (dead.numel() == 0) return std::nullopt;
+  const auto top = pre.index_select(1, dead).topk(std::min(width, dead.numel()), 1, true, true);
+  const auto local = std::get<1>(top);
+  return Selection{dead.index_select(0, local.flatten()).view_as(local), std::get<0>(top), torch::Tensor()};
+}
+
+// The group of each selected latent among Matryoshka's prefixes: group g holds the latents
+// [prefixes[g - 1], prefixes[g]) (global ids).
+torch::Tensor PrefixGroups(const torch::Tensor& global_ids, const std::vector<int64_t>& prefixes) {
+  const auto bounds = torch::tensor(std::vector<int64_t>(prefixes.begin(), prefixes.end() - 1),
+                                    global_ids.options());
+  return torch::bucketize(global_ids, bounds, /*out_int32=*/false, /*right=*/true);
+}
+
+// What the three phases of one forward pass share.
+struct ForwardContext {
+  const SaeParameters* params;
+  const ModelConfig* config;
+  const ActivationFunction* activation;
+  int64_t latent_begin;   // this shard's first latent
+  ComputePath path;
+  torch::Tensor x;           // normalised inputs [B, d]
+  torch::Tensor x_centered;  // x - b_pre, no gradient
+  Communicator* shards;      // null unless sharded (size > 1)
+  Communicator* replicas;    // null unless data-parallel (size > 1)
+  double num_replicas;
+  int64_t k;                 // this step's k
+  torch::Tensor dead_mask;   // AuxK's (undefined: no AuxK)
+  int64_t dead_total;        // over every shard
+  int64_t aux_width;         // AuxK candidates per token (0: none this step)
+  const ParallelForward* parallel;
+  StepProfile* profile;
+};
+
+struct SelectedLatents {
   Selection main;
   std::optional<Selection> aux;
-  torch::Tensor pre_values;
-  if (chunked) {
-    EncoderCandidates candidates =
-        SelectByChunkedEncoder(x_centered, p, main_width, dead_mask, aux_width,
-                               config_.compute_dtype, config_.encoder_chunk_latents, profile);
-    main = std::move(candidates.main);
-    aux = std::move(candidates.aux);
-    phase.emplace(profile, &StepProfile::topk);
+  torch::Tensor possibly_truncated, truncated;  // 0-d int64 token counts
+  torch::Tensor pre_dense;                      // the dense reference's [B, n], with gradient
+};
+
+struct DecodedLatents {
+  torch::Tensor acts;     // [B, W] (detached by the loss phase for the metrics)
+  torch::Tensor indices;  // [B, W] local latent ids
+  torch::Tensor penalty;  // the architecture's sparsity term (undefined: none)
+  torch::Tensor e_hat;    // AuxK's reconstruction of the residual (undefined: no AuxK)
+  std::vector<torch::Tensor> reconstructions;  // per prefix, the last the whole dictionary
+  torch::Tensor encoder_b_pre;                 // sharded: b_pre's encoder-side leaf
+};
+
+// Phase 1: which latents activate. The sparse step never holds the B x n pre-activations (the
+// activation functions run the chunked encoder, engine/chunked_encoder.h); the dense reference
+// does. Sharded, AuxK's candidates are cut here too.
+absl::StatusOr<SelectedLatents> SelectLatents(const ForwardContext& c) {
+  SelectedLatents out;
+  if (c.path == ComputePath::kSparse) {
+    SelectionInputs in;
+    in.x_centered = c.x_centered;
+    in.params = c.params;
+    in.k = c.k;
+    in.shards = c.shards;
+    if (c.parallel != nullptr) {
+      in.capacity_factor = c.parallel->capacity_factor;
+      in.exact = c.parallel->exact;
+    }
+    in.dead_mask = c.aux_width > 0 ? c.dead_mask : torch::Tensor();
+    in.aux_width = c.aux_width;
+    in.profile = c.profile;
+    auto selected = c.activation->Select(in);
+    if (!selected.ok()) return selected.status();
+    out.main = std::move(selected->main);
+    out.aux = std::move(selected->aux);
+    out.possibly_truncated = selected->possibly_truncated;
+    out.truncated = selected->truncated;
   } else {
-    torch::NoGradGuard no_grad;
     {
-      ScopedPhase encoder(profile, &StepProfile::encoder);
-      pre_values = PreActivations(x, p);
+      ScopedPhase encoder(c.profile, &StepProfile::encoder);
+      out.pre_dense = torch::addmm(c.params->b_enc, c.x - c.params->b_pre, c.params->w_enc.t());
     }
-    phase.emplace(profile, &StepProfile::topk);
-    main = SelectMain(pre_values);
-    aux = SelectAux(pre_values, dead_mask);
-  }
-
-  // Sharded: the local candidates' values are all-gathered and every shard makes the same cut;
-  // `*_keep` marks the candidates that made the global cut (undefined: all of them).
-  torch::Tensor main_keep, aux_keep;
-  torch::Tensor overflow_tokens = torch::zeros({}, x.options().dtype(torch::kLong));
-  if (shards != nullptr && topk) {
     torch::NoGradGuard no_grad;
-    phase.emplace(profile, &StepProfile::allgather);
-    auto gathered = shards->AllGather(main.values);
+    out.aux = DenseAuxSelection(out.pre_dense.detach(), c.dead_mask, c.aux_width);
+    out.possibly_truncated = out.truncated = torch::zeros({}, c.x.options().dtype(torch::kLong));
+  }
+  // Sharded AuxK: the shards' candidates are all-gathered and every shard makes the same cut;
+  // -inf fills the slots of a shard with fewer dead latents than it may offer (and of one with
+  // none, which selected nothing).
+  if (c.shards != nullptr && c.aux_width > 0) {
+    torch::NoGradGuard no_grad;
+    const int64_t batch = c.x.size(0);
+    if (!out.aux) {
+      out.aux = Selection{torch::zeros({batch, c.aux_width}, c.x.options().dtype(torch::kLong)),
+                          torch::full({batch, c.aux_width}, -std::numeric_limits<float>::infinity(),
+                                      c.x.options().dtype(torch::kFloat)),
+                          torch::Tensor()};
+    }
+    std::optional<ScopedPhase> phase(std::in_place, c.profile, &StepProfile::allgather);
+    auto gathered = c.shards->AllGather(out.aux->values);
     if (!gathered.ok()) return gathered.status();
-    phase.emplace(profile, &StepProfile::topk);
-    const bool can_overflow = parallel->k_in < std::min(config_.k, latent_count_);
-    GlobalCut cut = CutGlobalTopK(*gathered, shards->rank(), config_.k, can_overflow);
-    main_keep = cut.keep;
-    overflow_tokens = cut.overflow.sum();
-    if (aux_width > 0) {
-      // AuxK over the dead latents, with the same exchange; -inf fills the slots of a shard with
-      // fewer dead latents than it may offer (and of one with none, which selected nothing).
-      if (!aux) {
-        aux = Selection{torch::zeros({batch, aux_width}, x.options().dtype(torch::kLong)),
-                        torch::full({batch, aux_width}, -std::numeric_limits<float>::infinity(),
-                                    x.options().dtype(torch::kFloat))};
-      }
-      phase.emplace(profile, &StepProfile::allgather);
-      auto gathered_aux = shards->AllGather(aux->values);
-      if (!gathered_aux.ok()) return gathered_aux.status();
-      phase.emplace(profile, &StepProfile::topk);
-      const int64_t k_aux = std::min(config_.k_aux, parallel->dead_total);
-      aux_keep = CutGlobalTopK(*gathered_aux, shards->rank(), k_aux, false).keep;
-      aux->values = aux->values.masked_fill(aux_keep.logical_not(), 0);
-    }
-  }
-
-  phase.emplace(profile, &StepProfile::decode);
-  torch::Tensor x_hat, acts, e_hat;
-  if (path == ComputePath::kSparse) {
-    // A sharded encoder gives only its part of b_pre's gradient: route it to a separate leaf.
-    torch::Tensor b_pre_for_encoder = p.b_pre;
-    if (shards != nullptr) {
-      out.encoder_b_pre = p.b_pre.detach().clone().set_requires_grad(true);
-      b_pre_for_encoder = out.encoder_b_pre;
-    }
-    // One gather for the main and AuxK selections, so W_enc gets a single gradient buffer.
-    const int64_t k_main = main.indices.size(1);
-    auto indices = aux ? torch::cat({main.indices, aux->indices}, 1) : main.indices;
-    auto values = aux ? torch::cat({main.values, aux->values}, 1) : main.values;
-    const auto selected =
-        EncoderAtIndices(x_centered, p.w_enc, p.b_enc, b_pre_for_encoder, indices, values);
-    acts = torch::relu(selected.narrow(1, 0, k_main));
-    if (main_keep.defined()) acts = acts * main_keep.to(acts.scalar_type());
-    const auto partial = SparseDecode(acts, main.indices, p.w_dec);
-    phase.emplace(profile, &StepProfile::allreduce);
-    auto decoded = SumOverShards(partial, shards);
-    if (!decoded.ok()) return decoded.status();
-    phase.emplace(profile, &StepProfile::decode);
-    x_hat = *decoded + p.b_pre;
-    if (aux) {
-      auto aux_acts = torch::relu(selected.narrow(1, k_main, aux->indices.size(1)));
-      if (aux_keep.defined()) aux_acts = aux_acts * aux_keep.to(aux_acts.scalar_type());
-      const auto aux_partial = SparseDecode(aux_acts, aux->indices, p.w_dec);
-      phase.emplace(profile, &StepProfile::allreduce);
-      auto e = SumOverShards(aux_partial, shards);
-      if (!e.ok()) return e.status();
-      phase.emplace(profile, &StepProfile::decode);
-      e_hat = *e;
-    }
-  } else {
-    const auto pre_dense = PreActivations(x, p);
-    const auto relu_pre = torch::relu(pre_dense);
-    torch::Tensor z = relu_pre;
-    if (topk) z = relu_pre * torch::zeros_like(pre_dense).scatter_(1, main.indices, 1.0);
-    x_hat = z.mm(p.w_dec) + p.b_pre;
-    acts = z.gather(1, main.indices);
-    if (aux) {
-      const auto z_aux = relu_pre * torch::zeros_like(pre_dense).scatter_(1, aux->indices, 1.0);
-      e_hat = z_aux.mm(p.w_dec);
-    }
-  }
-
-  // Loss: (sum of this replica's squared errors) * R / (global variance), so that the replicas'
-  // averaged gradients are the gradient of the whole batch's FVU. Everything below stays on the
-  // device: the statistics are gathered into out.sums for a later read (FinalizeMetrics).
-  const auto error = x - x_hat;
-  auto variance = GlobalTotalVariance(x, replicas);
-  if (!variance.ok()) return variance.status();
-  const auto error_sq = error.pow(2).sum();
-  out.loss = error_sq * (num_replicas / variance->clamp_min(1e-30));
-  const auto stat = x.options().dtype(torch::kDouble);
-  torch::Tensor aux_error_sq = torch::zeros({}, stat), residual_variance = torch::zeros({}, stat);
-  if (aux) {
-    // AuxK fits the dead latents' reconstruction (no b_pre) to the detached residual. It counts
-    // only when the residual varies and the term is finite; without a host read, that choice is
-    // a where(), which also keeps its gradient out when it is off.
-    const auto residual = error.detach();
-    auto rv = GlobalTotalVariance(residual, replicas);
-    if (!rv.ok()) return rv.status();
-    const auto aux_sq = (residual - e_hat).pow(2).sum();
-    const auto used = (*rv > 0).logical_and(torch::isfinite(aux_sq));
-    const auto term = aux_sq * (config_.auxk_alpha * num_replicas / rv->clamp_min(1e-30));
-    out.loss = out.loss + torch::where(used, term, torch::zeros_like(term));
-    aux_error_sq = torch::where(used, aux_sq.detach().to(torch::kDouble), aux_error_sq);
-    residual_variance = torch::where(used, *rv, residual_variance);
-  }
-  torch::Tensor l1 = torch::zeros({}, stat);
-  if (config_.architecture == Architecture::kReLU) {
-    // Mean per-token L1 of the global batch; this shard's latents' part.
-    const auto l1_sum = acts.sum();
-    out.loss = out.loss + config_.l1_coefficient * num_replicas / static_cast<double>(batch * num_replicas) * l1_sum;
-    l1 = l1_sum.detach().to(torch::kDouble);
-  }
-  out.indices = main.indices;
-  out.acts = acts.detach();
-  out.sums = torch::stack({error_sq.detach().to(torch::kDouble), aux_error_sq, l1,
-                           (out.acts > 0).sum().to(torch::kDouble), overflow_tokens.to(torch::kDouble),
-                           torch::full({}, static_cast<double>(batch), stat), variance->detach(),
-                           residual_variance.detach()});
-  if (shards != nullptr || parallel != nullptr) {
-    out.num_dead = parallel->dead_total;
-  } else {
-    out.num_dead = dead_mask.defined() ? dead_mask.sum().item<int64_t>() : 0;
+    phase.emplace(c.profile, &StepProfile::topk);
+    out.aux->keep = CutGlobalTopK(*gathered, c.shards->rank(), std::min(c.config->k_aux, c.dead_total), false).keep;
+    out.aux->values = out.aux->values.masked_fill(out.aux->keep.logical_not(), 0);
   }
   return out;
 }
 
+// Phase 2: the activations of the selected latents and their reconstructions (one per
+// Matryoshka prefix), summed over the shards.
+absl::StatusOr<DecodedLatents> DecodeLatents(const ForwardContext& c, SelectedLatents& s) {
+  const auto& p = *c.params;
+  const ActivationFunction& activation = *c.activation;
+  const std::vector<int64_t> prefixes = activation.Prefixes();
+  DecodedLatents out;
+  std::optional<ScopedPhase> phase(std::in_place, c.profile, &StepProfile::decode);
+  if (c.path == ComputePath::kDenseReference) {
+    auto [z, penalty] = activation.DenseActivations(s.pre_dense, p, c.k);
+    out.penalty = penalty;
+    for (int64_t m : prefixes) out.reconstructions.push_back(z.narrow(1, 0, m).mm(p.w_dec.narrow(0, 0, m)) + p.b_pre);
+    if (s.aux) {
+      const auto mask = torch::zeros_like(s.pre_dense).scatter_(1, s.aux->indices, 1.0);
+      out.e_hat = (torch::relu(s.pre_dense) * mask).mm(p.w_dec);
+    }
+    // The selection, for the dead-latent tracking and the metrics: each token's active latents.
+    torch::NoGradGuard no_grad;
+    const int64_t width = std::max<int64_t>(1, (z.detach() > 0).sum(1).max().item<int64_t>());
+    const auto top = z.detach().topk(width, 1, true, true);
+    out.indices = std::get<1>(top);
+    out.acts = std::get<0>(top);
+    return out;
+  }
+  // A sharded encoder gives only its part of b_pre's gradient: route it to a separate leaf.
+  torch::Tensor b_pre_for_encoder = p.b_pre;
+  if (c.shards != nullptr) {
+    out.encoder_b_pre = p.b_pre.detach().clone().set_requires_grad(true);
+    b_pre_for_encoder = out.encoder_b_pre;
+  }
+  // One gather for the main and AuxK selections, so W_enc gets a single gradient buffer.
+  const Selection& main = s.main;
+  const int64_t k_main = main.indices.size(1);
+  const auto indices = s.aux ? torch::cat({main.indices, s.aux->indices}, 1) : main.indices;
+  const auto values = s.aux ? torch::cat({main.values, s.aux->values}, 1) : main.values;
+  const auto selected = EncoderAtIndices(c.x_centered, p.w_enc, p.b_enc, b_pre_for_encoder, indices, values);
+  auto pre_main = selected.narrow(1, 0, k_main);
+  if (main.keep.defined()) {
+    // A padded slot can neither activate nor pass a gradient, whatever the architecture.
+    pre_main = pre_main.masked_fill(main.keep.logical_not(), -1e30);
+  }
+  out.acts = activation.Activate(pre_main, main.indices, p);
+  out.indices = main.indices;
+  const int64_t rows_total = c.x.size(0) * static_cast<int64_t>(c.num_replicas);
+  auto penalty = activation.Penalty(pre_main, out.acts, main.indices, p, rows_total, c.shards);
+  if (!penalty.ok()) return penalty.status();
+  out.penalty = *penalty;
+  std::vector<torch::Tensor> partials;
+  if (prefixes.size() == 1) {
+    partials.push_back(SparseDecode(out.acts, main.indices, p.w_dec));
+  } else {
+    // Each group of latents decodes on its own; the prefixes' reconstructions are their running
+    // sums.
+    const auto groups = PrefixGroups(main.indices + c.latent_begin, prefixes);
+    for (size_t g = 0; g < prefixes.size(); ++g) {
+      const auto in_group = (groups == static_cast<int64_t>(g)).to(out.acts.scalar_type());
+      partials.push_back(SparseDecode(out.acts * in_group, main.indices, p.w_dec));
+    }
+  }
+  phase.emplace(c.profile, &StepProfile::allreduce);
+  auto decoded = SumOverShards(torch::stack(partials), c.shards);
+  if (!decoded.ok()) return decoded.status();
+  phase.emplace(c.profile, &StepProfile::decode);
+  const auto running = decoded->cumsum(0);
+  for (size_t g = 0; g < prefixes.size(); ++g) out.reconstructions.push_back(running[g] + p.b_pre);
+  if (s.aux) {
+    auto aux_acts = torch::relu(selected.narrow(1, k_main, s.aux->indices.size(1)));
+    if (s.aux->keep.defined()) aux_acts = aux_acts * s.aux->keep.to(aux_acts.scalar_type());
+    const auto aux_partial = SparseDecode(aux_acts, s.aux->indices, p.w_dec);
+    phase.emplace(c.profile, &StepProfile::allreduce);
+    auto e = SumOverShards(aux_partial, c.shards);
+    if (!e.ok()) return e.status();
+    out.e_hat = *e;
+  }
+  return out;
+}
+
+// Phase 3: the loss, (sum of this replica's squared errors) * R / (global variance), so that the
+// replicas' averaged gradients are the gradient of the whole batch's FVU; Matryoshka sums it over
+// its prefixes; plus AuxK and the penalty. Everything stays on the device: the statistics are
+// gathered into out.sums for a later read (FinalizeMetrics).
+absl::StatusOr<ForwardOutput> ComputeLoss(const ForwardContext& c, const SelectedLatents& s, DecodedLatents& d) {
+  ScopedPhase phase(c.profile, &StepProfile::decode);
+  ForwardOutput out;
+  const auto& x = c.x;
+  const auto stat = x.options().dtype(torch::kDouble);
+  const auto error = x - d.reconstructions.back();
+  auto variance = GlobalTotalVariance(x, c.replicas);
+  if (!variance.ok()) return variance.status();
+  const auto scale = c.num_replicas / variance->clamp_min(1e-30);
+  const auto error_sq = error.pow(2).sum();
+  out.loss = error_sq * scale;
+  torch::Tensor prefix_error_sq = torch::zeros({}, stat);
+  for (size_t g = 0; g + 1 < d.reconstructions.size(); ++g) {
+    const auto prefix_sq = (x - d.reconstructions[g]).pow(2).sum();
+    out.loss = out.loss + prefix_sq * scale;
+    prefix_error_sq = prefix_error_sq + prefix_sq.detach().to(torch::kDouble);
+  }
+  torch::Tensor aux_error_sq = torch::zeros({}, stat), residual_variance = torch::zeros({}, stat);
+  if (d.e_hat.defined()) {
+    // AuxK fits the dead latents' reconstruction (no b_pre) to the detached residual. It counts
+    // only when the residual varies and the term is finite; without a host read, that choice is
+    // a where(), which also keeps its gradient out when it is off.
+    const auto residual = error.detach();
+    auto rv = GlobalTotalVariance(residual, c.replicas);
+    if (!rv.ok()) return rv.status();
+    const auto aux_sq = (residual - d.e_hat).pow(2).sum();
+    const auto used = (*rv > 0).logical_and(torch::isfinite(aux_sq));
+    const auto term = aux_sq * (c.config->auxk_alpha * c.num_replicas / rv->clamp_min(1e-30));
+    out.loss = out.loss + torch::where(used, term, torch::zeros_like(term));
+    aux_error_sq = torch::where(used, aux_sq.detach().to(torch::kDouble), aux_error_sq);
+    residual_variance = torch::where(used, *rv, residual_variance);
+  }
+  // The penalties are means over the global batch: scaled by R like the reconstruction term.
+  if (d.penalty.defined()) out.loss = out.loss + d.penalty * c.num_replicas;
+  out.encoder_b_pre = d.encoder_b_pre;
+  out.indices = d.indices;
+  out.acts = d.acts.detach();
+  if (c.activation->FitsInferenceThreshold()) {
+    torch::NoGradGuard no_grad;
+    out.min_kept_activation =
+        torch::where(out.acts > 0, out.acts, std::numeric_limits<float>::infinity()).min().to(torch::kFloat);
+  }
+  out.sums = torch::stack({error_sq.detach().to(torch::kDouble), aux_error_sq,
+                           out.acts.sum().to(torch::kDouble), (out.acts > 0).sum().to(torch::kDouble),
+                           s.possibly_truncated.to(torch::kDouble), s.truncated.to(torch::kDouble), prefix_error_sq,
+                           torch::full({}, static_cast<double>(x.size(0)), stat), variance->detach(),
+                           residual_variance.detach()});
+  out.num_dead = c.dead_total;
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<ForwardOutput> SaeModel::Forward(const torch::Tensor& x, const torch::Tensor& dead_mask,
+                                                ComputePath path, const ParallelForward* parallel) const {
+  ForwardContext c;
+  c.params = &params_;
+  c.config = &config_;
+  c.activation = activation_.get();
+  c.latent_begin = latent_begin_;
+  c.path = path;
+  c.x = x;
+  {
+    torch::NoGradGuard no_grad;
+    c.x_centered = x - params_.b_pre;
+  }
+  c.shards = parallel != nullptr && parallel->shards != nullptr && parallel->shards->size() > 1 ? parallel->shards
+                                                                                                 : nullptr;
+  c.replicas = parallel != nullptr && parallel->replicas != nullptr && parallel->replicas->size() > 1
+                   ? parallel->replicas : nullptr;
+  c.num_replicas = c.replicas != nullptr ? c.replicas->size() : 1;
+  if (c.shards != nullptr && path != ComputePath::kSparse) {
+    return absl::InvalidArgumentError("the dense reference path runs unsharded only");
+  }
+  c.k = parallel != nullptr && parallel->k > 0 ? parallel->k : config_.k;
+  c.dead_mask = dead_mask;
+  c.dead_total = parallel != nullptr ? parallel->dead_total : 0;
+  // AuxK asks each token for its best dead latents (the TopK family; the caller passes no
+  // dead_mask when AuxK is off).
+  c.aux_width = 0;
+  if (activation_->UsesAuxK() && dead_mask.defined() && c.dead_total > 0) {
+    c.aux_width = c.shards != nullptr ? parallel->k_aux_in : std::min(config_.k_aux, c.dead_total);
+  }
+  c.parallel = parallel;
+  c.profile = parallel != nullptr ? parallel->profile : nullptr;
+
+  auto selected = SelectLatents(c);
+  if (!selected.ok()) return selected.status();
+  auto decoded = DecodeLatents(c, *selected);
+  if (!decoded.ok()) return decoded.status();
+  return ComputeLoss(c, *selected, *decoded);
+}
+
 Selection SaeModel::Encode(const torch::Tensor& x, const SaeParameters& params) const {
   torch::NoGradGuard no_grad;
-  Selection s;
-  if (config_.architecture == Architecture::kTopK) {
-    // Float32 for evaluation whatever the training dtype; no B x n matrix here either.
-    s = SelectByChunkedEncoder(x - params.b_pre, params, std::min(config_.k, params.w_enc.size(0)),
-                               torch::Tensor(), 0, ComputeDtype::kFloat32,
-                               config_.encoder_chunk_latents, nullptr)
-            .main;
-  } else {
-    s = SelectMain(PreActivations(x, params));
-  }
-  s.values = torch::relu(s.values);
-  return s;
+  return activation_->Encode(x - params.b_pre, params);
 }
 
 torch::Tensor SaeModel::Decode(const Selection& selection, const SaeParameters& params) const {

@@ -1,64 +1,28 @@
 // The SAE itself: parameters, initialisation, and the training forward pass in two
 // implementations (sparse kernels, and a dense autograd reference used by the tests).
 //
-// Conventions (docs/training.md): TopK keeps the k largest pre-activations and then applies ReLU
-// (OpenAI's order); the loss is FVU on the (optionally layer-normalised) inputs plus
-// auxk_alpha * AuxK for TopK, or FVU + l1_coefficient * mean per-token L1 for ReLU.
+// The forward pass runs in three phases: select (the architecture's activation function,
+// engine/activation/, picks the latents, sharded or not), decode (the encoder at the selected
+// latents, the activation, the sparse decode summed over the shards) and loss (FVU on the
+// (optionally normalised) inputs, summed over Matryoshka's prefixes, plus auxk_alpha * AuxK for
+// the TopK family and the architecture's sparsity penalty). docs/training.md has the conventions.
 #pragma once
 
 #include <torch/types.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/config.h"
+#include "engine/activation/activation_function.h"
 #include "engine/distributed/communicator.h"
+#include "engine/sae_types.h"
 
 namespace saegrid {
-
-struct SaeParameters {
-  torch::Tensor w_enc;  // [n, d]
-  torch::Tensor b_enc;  // [n]
-  torch::Tensor w_dec;  // [n, d], unit-norm rows
-  torch::Tensor b_pre;  // [d]
-
-  std::vector<torch::Tensor> All() const { return {w_enc, b_enc, w_dec, b_pre}; }
-  static const std::vector<std::string>& Names();
-  SaeParameters Clone() const;
-};
-
-enum class ComputePath { kSparse, kDenseReference };
-
-// Seconds of one training step by phase, for the benchmark.
-struct StepProfile {
-  double encoder = 0;     // the dense pre-activation matmul
-  double topk = 0;        // local top-k and the global cut
-  double allgather = 0;   // candidate values
-  double decode = 0;      // encoder at the selected latents, sparse decode, loss
-  double allreduce = 0;   // partial reconstructions, variances, gradients, metrics
-  double backward = 0;
-  double optimizer = 0;   // clipping, Adam, decoder renormalisation, EMA, dead latents
-  double data = 0;        // waiting for the batch (a model run on the fly, or a file prefetch)
-};
-
-// How a latent-sharded, data-parallel forward pass reaches the other ranks.
-struct ParallelForward {
-  Communicator* shards = nullptr;    // this replica's shard group (size S)
-  Communicator* replicas = nullptr;  // the ranks holding this shard (size R)
-  int64_t k_in = 0;                  // main candidates each shard offers
-  int64_t k_aux_in = 0;              // AuxK candidates each shard offers
-  int64_t dead_total = 0;            // dead latents over all shards
-  StepProfile* profile = nullptr;    // accumulates the forward's phases when set
-};
-
-// Latents selected per token: [B, K] indices and their pre-activations.
-struct Selection {
-  torch::Tensor indices;
-  torch::Tensor values;
-};
 
 // Statistics of one forward pass, as the host reads them (FinalizeMetrics). On the device they
 // are one float64 tensor (ForwardOutput::sums) indexed by Index, so that a step reads them, when
@@ -70,7 +34,9 @@ struct ForwardSums {
     kAuxErrorSq,      // sum ||residual - e_hat||^2 (AuxK)
     kL1,              // sum of this shard's activations
     kActive,          // this shard's activations > 0
-    kOverflowTokens,  // tokens whose sharded selection may have been truncated
+    kPossiblyTruncated,  // tokens whose sharded selection may have been truncated
+    kTruncated,          // tokens whose sharded selection was truncated
+    kPrefixErrorSq,      // Matryoshka: sum ||x - x_hat_m||^2 over the prefixes but the whole
     kTokens,          // this replica's rows
     kAdditive,
     kVariance = kAdditive,  // total variance of the inputs over the global batch
@@ -81,7 +47,9 @@ struct ForwardSums {
   double aux_error_sq = 0;
   double l1 = 0;
   double active = 0;
-  double overflow_tokens = 0;
+  double possibly_truncated = 0;
+  double truncated = 0;
+  double prefix_error_sq = 0;
   double tokens = 0;
   double variance = 0;
   double residual_variance = 0;
@@ -105,11 +73,17 @@ struct ForwardOutput {
   double auxk_loss = 0;
   double l1_loss = 0;
   double l0 = 0;  // mean active latents per token
+  double prefix_fvu = 0;  // Matryoshka: the FVUs of the prefixes but the whole, summed
   int64_t num_dead = 0;
-  double overflow_rate = 0;  // tokens whose sharded selection may have been truncated
-  // The main selection (detached), for dead-latent tracking and metrics. acts = ReLU(values).
+  double overflow_rate = 0;   // tokens whose sharded selection may have been truncated
+  double truncated_rate = 0;  // tokens whose sharded selection was truncated
+  // The main selection (detached), for dead-latent tracking and metrics; padded slots have
+  // activation 0.
   torch::Tensor indices;
   torch::Tensor acts;
+  // BatchTopK and Matryoshka: this shard's smallest positive kept activation (0-d float32 on the
+  // device, +inf when none), from which the trainer fits the inference threshold.
+  torch::Tensor min_kept_activation;
 };
 
 class SaeModel {
@@ -119,11 +93,17 @@ class SaeModel {
   // Parameters live on `device`.
   explicit SaeModel(const ModelConfig& config, int64_t shard = 0, int64_t shards = 1,
                     torch::Device device = torch::kCPU);
+  // Copies share the parameter tensors (as LibTorch tensors do) but not the activation function.
+  SaeModel(const SaeModel& other);
+  SaeModel& operator=(const SaeModel& other);
+  SaeModel(SaeModel&&) = default;
+  SaeModel& operator=(SaeModel&&) = default;
   // A model without parameters of its own, for Encode/Decode with given parameters.
   static SaeModel ForInference(const ModelConfig& config);
 
-  // Decoder rows random unit (or orthogonal), encoder = decoder transpose, b_enc = 0 and
-  // b_pre = geometric median of `sample` (already normalised, see NormalizeInputs). A shard
+  // Decoder rows random unit (or orthogonal), encoder = decoder transpose, b_enc = 0,
+  // b_pre = geometric median of `sample` (already normalised, see NormalizeInputs) and JumpReLU's
+  // thresholds at jumprelu_initial_threshold. A shard
   // takes its rows of the unsharded initialisation, so every layout starts from the same SAE.
   void Initialize(const torch::Tensor& sample, uint64_t seed);
 
@@ -134,12 +114,14 @@ class SaeModel {
   // setting it (fitted at the start, restored on resume).
   static double FitInputScale(const torch::Tensor& sample);
   void set_input_scale(double scale) { config_.input_scale = scale; }
+  // BatchTopK and Matryoshka: the fitted inference threshold (ModelConfig::inference_threshold).
+  void set_inference_threshold(double threshold);
 
   // One training forward pass on normalised inputs. `dead_mask` [n] bool marks dead latents for
-  // AuxK (may be undefined: no AuxK). Both paths select the same latents. The metrics are
-  // finalised (read to the host).
+  // AuxK (may be undefined: no AuxK). Both paths select the same latents. `k` is the step's k
+  // (0: the model's). The metrics are finalised (read to the host).
   ForwardOutput TrainingForward(const torch::Tensor& x, const torch::Tensor& dead_mask,
-                                ComputePath path) const;
+                                ComputePath path, int64_t k = 0) const;
   // The same pass for one rank of a sharded / data-parallel gang (sparse path): the global top-k
   // from the shards' candidates, partial reconstructions summed over the shards, and the loss
   // normalised by the global batch's variance and scaled so that averaging the gradients over
@@ -152,7 +134,8 @@ class SaeModel {
   // After backward in a sharded run: adds the shards' encoder b_pre gradients into b_pre.
   absl::Status ReduceShardGradients(const ForwardOutput& out, Communicator* shards) const;
 
-  // Inference: the selected latents of normalised inputs, and their reconstruction.
+  // Inference: the active latents of normalised inputs (padded per token; values >= 0, padded
+  // slots 0), and their reconstruction.
   Selection Encode(const torch::Tensor& x, const SaeParameters& params) const;
   torch::Tensor Decode(const Selection& selection, const SaeParameters& params) const;
 
@@ -166,23 +149,23 @@ class SaeModel {
   int64_t latent_count() const { return latent_count_; }
   SaeParameters& params() { return params_; }
   const SaeParameters& params() const { return params_; }
+  const ActivationFunction& activation() const { return *activation_; }
 
  private:
   SaeModel() = default;
   absl::StatusOr<ForwardOutput> Forward(const torch::Tensor& x, const torch::Tensor& dead_mask,
                                         ComputePath path, const ParallelForward* parallel) const;
-  torch::Tensor PreActivations(const torch::Tensor& x, const SaeParameters& p) const;
-  Selection SelectMain(const torch::Tensor& pre) const;
-  std::optional<Selection> SelectAux(const torch::Tensor& pre, const torch::Tensor& dead_mask) const;
 
   ModelConfig config_;
+  std::unique_ptr<ActivationFunction> activation_;  // made from config_ (copies make their own)
   int64_t latent_begin_ = 0;
   int64_t latent_count_ = 0;
   SaeParameters params_;
 };
 
 // Reads `out.sums` (after they were summed over ranks) to the host (one counted read,
-// engine/host_reads.h) and fills host_sums, fvu, mse, auxk_loss, l1_loss, l0 and overflow_rate.
+// engine/host_reads.h) and fills host_sums, fvu, mse, auxk_loss, l1_loss, l0, prefix_fvu and the
+// truncation rates.
 void FinalizeMetrics(ForwardOutput& out, int64_t d_in);
 // The same from out.host_sums, already read (the trainer packs the read with others).
 void MetricsFromHostSums(ForwardOutput& out, int64_t d_in);

@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/activation/architecture_names.h"
 #include "engine/checkpoint.h"
 #include "engine/data/shard_broadcast_source.h"
 #include "engine/device.h"
@@ -50,12 +51,15 @@ absl::Status CheckCompatible(const ModelConfig& want, const ModelConfig& have, c
         " in the checkpoint (use a new checkpoint.output_dir or set checkpoint.resume: false)"));
   };
   if (want.architecture != have.architecture) {
-    return mismatch("architecture", want.architecture == Architecture::kTopK ? "topk" : "relu",
-                    have.architecture == Architecture::kTopK ? "topk" : "relu");
+    return mismatch("architecture", ArchitectureName(want.architecture), ArchitectureName(have.architecture));
   }
   if (want.d_in != have.d_in) return mismatch("d_in", want.d_in, have.d_in);
   if (want.num_latents != have.num_latents) return mismatch("num_latents", want.num_latents, have.num_latents);
-  if (want.k != have.k) return mismatch("k", want.k, have.k);
+  if (ArchitectureUsesK(want.architecture) && want.k != have.k) return mismatch("k", want.k, have.k);
+  if (want.architecture == Architecture::kMatryoshka && want.matryoshka_prefixes != have.matryoshka_prefixes) {
+    return absl::FailedPreconditionError("cannot resume from " + dir +
+                                         ": model.matryoshka_prefixes differs from the checkpoint");
+  }
   if (want.normalize_inputs != have.normalize_inputs) {
     return absl::FailedPreconditionError("cannot resume from " + dir +
                                          ": model.normalize_inputs differs from the checkpoint");
@@ -144,9 +148,15 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
                                                    " but the activations in data have width ", d));
   }
   const ModelConfig model = ResolveModelConfig(config.model, d);
-  if (model.architecture == Architecture::kTopK && model.k > model.num_latents) {
-    return absl::InvalidArgumentError(absl::StrCat("model.k (", model.k, ") exceeds the ",
+  if (ArchitectureUsesK(model.architecture) && std::max(model.k, model.k_initial) > model.num_latents) {
+    return absl::InvalidArgumentError(absl::StrCat("model.k (", std::max(model.k, model.k_initial), ") exceeds the ",
                                                    model.num_latents, " latents"));
+  }
+  for (int64_t prefix : model.matryoshka_prefixes) {
+    if (model.architecture == Architecture::kMatryoshka && prefix >= model.num_latents) {
+      return absl::InvalidArgumentError(absl::StrCat("model.matryoshka_prefixes: ", prefix,
+                                                     " is not below the ", model.num_latents, " latents"));
+    }
   }
   if (model.num_latents % layout.shards != 0) {
     return absl::InvalidArgumentError(absl::StrCat("model.num_latents (", model.num_latents,
@@ -162,7 +172,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
   const auto& pc = config.parallelism;
   t->parallel_.shards = t->gang_->shard_group.get();
   t->parallel_.replicas = t->gang_->replica_group.get();
-  t->parallel_.k_in = CandidatesPerShard(model.k, layout.shards, per_shard, pc.capacity_factor, pc.exact);
+  t->parallel_.capacity_factor = pc.capacity_factor;
+  t->parallel_.exact = pc.exact;
+  t->candidates_per_shard_ = CandidatesPerShard(model.k, layout.shards, per_shard, pc.capacity_factor, pc.exact);
   t->parallel_.k_aux_in = CandidatesPerShard(model.k_aux, layout.shards, per_shard, pc.capacity_factor, pc.exact);
   t->base_lr_ = config.optimizer.lr > 0 ? config.optimizer.lr : DefaultLearningRate(model.num_latents);
   t->total_steps_ = (config.training.total_tokens + config.data.batch_size - 1) / config.data.batch_size;
@@ -242,12 +254,19 @@ absl::Status Trainer::Resume(const std::string& step_dir) {
   if (!st.ok()) return st;
   config_.model.input_scale = saved_model->input_scale;
   model_->set_input_scale(saved_model->input_scale);
+  config_.model.inference_threshold = saved_model->inference_threshold;
+  model_->set_inference_threshold(saved_model->inference_threshold);
   auto loaded = LoadCheckpoint(step_dir, model_->latent_begin(),
                                model_->latent_begin() + model_->latent_count());
   if (!loaded.ok()) return loaded.status();
   torch::NoGradGuard no_grad;
   auto params = model_->params().All();
   auto raw = loaded->raw.All();
+  if (raw.size() != params.size()) {
+    return absl::DataLossError(absl::StrCat(step_dir, ": the checkpoint holds ", raw.size(), " parameter tensors, ",
+                                            "model.architecture ", ArchitectureName(config_.model.architecture),
+                                            " has ", params.size()));
+  }
   for (size_t i = 0; i < params.size(); ++i) params[i].copy_(raw[i]);
   const auto& s = loaded->state;
   for (size_t i = 0; i < params.size(); ++i) {
@@ -274,6 +293,7 @@ absl::Status Trainer::Resume(const std::string& step_dir) {
   step_ = s.step;
   tokens_ = s.tokens;
   overflow_tokens_ = s.overflow_tokens;
+  truncated_tokens_ = s.truncated_tokens;
   resumed_ = true;
   resumed_from_ = step_dir;
   return absl::OkStatus();
@@ -293,7 +313,9 @@ absl::StatusOr<StepMetrics> Trainer::Step(bool figures) {
   const double data_seconds = Seconds(start);
   const int64_t global_tokens = config_.data.batch_size;
   const auto& mc = config_.model;
-  const bool topk = mc.architecture == Architecture::kTopK;
+  const ActivationFunction& activation = model_->activation();
+  // AuxK only where it applies and weighs something; the dead latents are counted regardless.
+  const bool auxk = activation.UsesAuxK() && mc.auxk_alpha > 0;
   Communicator* shards = gang_->shard_group.get();
   Communicator* replicas = gang_->replica_group.get();
   StepMetrics m;
@@ -302,11 +324,12 @@ absl::StatusOr<StepMetrics> Trainer::Step(bool figures) {
   parallel_.profile = &m.profile;
   using Clock = std::chrono::steady_clock;
 
-  const torch::Tensor dead_mask = topk ? dead_->DeadMask(mc.dead_tokens_threshold) : torch::Tensor();
-  if (topk && !dead_count_) dead_count_ = ToHost(dead_mask.sum()).item<int64_t>();
-  double dead_total = topk ? static_cast<double>(*dead_count_) : 0;
+  const torch::Tensor dead_mask = auxk ? dead_->DeadMask(mc.dead_tokens_threshold) : torch::Tensor();
+  if (auxk && !dead_count_) dead_count_ = ToHost(dead_mask.sum()).item<int64_t>();
+  double dead_total = auxk ? static_cast<double>(*dead_count_) : 0;
   SAEGRID_RETURN_IF_ERROR(AllReduceScalars(shards, ReduceOp::kSum, {&dead_total}));
   parallel_.dead_total = static_cast<int64_t>(dead_total);
+  parallel_.k = activation.UsesK() ? ScheduledK(mc, step_) : mc.k;
 
   for (auto& p : model_->params().All()) p.mutable_grad().reset();
   // Pinned on a GPU run, so the copy is asynchronous; a no-op on the CPU.
@@ -355,17 +378,21 @@ absl::StatusOr<StepMetrics> Trainer::Step(bool figures) {
   // The gradient norm is of the projected gradient over the whole model: the shards' latent
   // rows plus b_pre once. With clipping it must be known before the update (an extra read of
   // the gradients and of the host); without, the fused pass reports it on the device.
-  const std::vector<bool> unit_norm_rows = {false, false, true, false};  // W_dec
+  const std::vector<bool> unit_norm_rows = model_->params().UnitNormRows();  // W_dec
+  const int64_t num_params = static_cast<int64_t>(unit_norm_rows.size());
   const double clip = config_.optimizer.grad_clip_norm;
   const double lr = ScheduledLearningRate(config_.optimizer, base_lr_, step_, total_steps_);
   auto global_norm = [&](const torch::Tensor& host_parts) -> absl::StatusOr<double> {
     const double* part = host_parts.data_ptr<double>();
-    double latent_sq = part[0] + part[1] + part[2];
+    double latent_sq = 0;
+    for (int64_t i = 0; i < num_params; ++i) {
+      if (SaeParameters::IsPerLatent(i)) latent_sq += part[i];
+    }
     SAEGRID_RETURN_IF_ERROR(AllReduceScalars(shards, ReduceOp::kSum, {&latent_sq}));
     return std::sqrt(latent_sq + part[3]);
   };
   double grad_norm = 0;
-  torch::Tensor norm_parts;  // the four squared norms, on the device
+  torch::Tensor norm_parts;  // the parameters' squared norms, on the device
   if (clip > 0) {
     auto norm = global_norm(ToHost(torch::stack(adam_->FusedGradientSquaredNorms(unit_norm_rows))));
     if (!norm.ok()) return norm.status();
@@ -381,11 +408,19 @@ absl::StatusOr<StepMetrics> Trainer::Step(bool figures) {
   dead_->UpdateFired(fired, global_tokens);
   m.profile.optimizer += Seconds(phase_start);
 
-  // The step's one read: [loss finite, dead after the step, overflow tokens] (+ the figures).
+  // BatchTopK's inference threshold follows the smallest activation any rank kept.
   const auto stat = out->sums.options();
+  torch::Tensor min_kept = torch::full({1}, std::numeric_limits<double>::infinity(), stat);
+  if (out->min_kept_activation.defined()) {
+    min_kept = out->min_kept_activation.to(stat).view({1});
+    SAEGRID_RETURN_IF_ERROR(gang_->world->AllReduce(min_kept, ReduceOp::kMin));
+  }
+  // The step's one read: [loss finite, dead after the step, possibly truncated and truncated
+  // tokens, smallest kept activation] (+ the figures).
   std::vector<torch::Tensor> packed = {torch::isfinite(out->loss.detach()).to(stat).view({1}),
                                        dead_->DeadMask(mc.dead_tokens_threshold).sum().to(stat).view({1}),
-                                       out->sums.narrow(0, ForwardSums::kOverflowTokens, 1)};
+                                       out->sums.narrow(0, ForwardSums::kPossiblyTruncated, 2), min_kept};
+  constexpr int64_t kFixedReads = 5;
   if (figures) {
     packed.push_back(out->sums);
     if (norm_parts.defined()) packed.push_back(norm_parts.to(stat));
@@ -395,6 +430,12 @@ absl::StatusOr<StepMetrics> Trainer::Step(bool figures) {
   const bool finite = read[0] != 0;
   dead_count_ = static_cast<int64_t>(read[1]);
   const double overflow = read[2];
+  const double truncated = read[3];
+  if (activation.FitsInferenceThreshold()) {
+    config_.model.inference_threshold = NextInferenceThreshold(
+        config_.model.inference_threshold, read[4], mc.threshold_decay, config_.model.inference_threshold < 0);
+    model_->set_inference_threshold(config_.model.inference_threshold);
+  }
   // Every rank sees the same reduced loss, so every rank stops here together.
   if (!finite) {
     return absl::InternalError(absl::StrCat("training diverged at step ", step_ + 1,
@@ -403,6 +444,7 @@ absl::StatusOr<StepMetrics> Trainer::Step(bool figures) {
   ++step_;
   tokens_ += global_tokens;
   overflow_tokens_ += static_cast<int64_t>(overflow);
+  truncated_tokens_ += static_cast<int64_t>(truncated);
   m.step = step_;
   m.total_steps = total_steps_;
   m.tokens = tokens_;
@@ -410,17 +452,23 @@ absl::StatusOr<StepMetrics> Trainer::Step(bool figures) {
   m.overflow_tokens = static_cast<int64_t>(overflow);
   m.overflow_tokens_total = overflow_tokens_;
   m.overflow_rate_total = static_cast<double>(overflow_tokens_) / std::max<int64_t>(tokens_, 1);
+  m.truncated_tokens = static_cast<int64_t>(truncated);
+  m.truncated_tokens_total = truncated_tokens_;
+  m.truncated_rate_total = static_cast<double>(truncated_tokens_) / std::max<int64_t>(tokens_, 1);
+  m.k = parallel_.k;
+  m.inference_threshold = config_.model.inference_threshold;
   if (figures) {
-    out->host_sums = ForwardSums::FromHost(host.narrow(0, 3, ForwardSums::kCount).clone());
+    out->host_sums = ForwardSums::FromHost(host.narrow(0, kFixedReads, ForwardSums::kCount).clone());
     MetricsFromHostSums(*out, mc.d_in);
     if (norm_parts.defined()) {
-      auto norm = global_norm(host.narrow(0, 3 + ForwardSums::kCount, 4).clone());
+      auto norm = global_norm(host.narrow(0, kFixedReads + ForwardSums::kCount, num_params).clone());
       if (!norm.ok()) return norm.status();
       grad_norm = *norm;
     }
     double dead_after = static_cast<double>(*dead_count_);
     SAEGRID_RETURN_IF_ERROR(AllReduceScalars(shards, ReduceOp::kSum, {&dead_after}));
-    m.loss = out->fvu + (topk ? mc.auxk_alpha * out->auxk_loss : mc.l1_coefficient * out->l1_loss);
+    m.loss = out->fvu + out->prefix_fvu + (auxk ? mc.auxk_alpha * out->auxk_loss : 0) +
+             activation.PenaltyValue(out->l1_loss, out->l0);
     m.fvu = out->fvu;
     m.mse = RawMse(out->mse, mc);
     m.auxk_loss = out->auxk_loss;
@@ -431,6 +479,7 @@ absl::StatusOr<StepMetrics> Trainer::Step(bool figures) {
     m.num_dead = static_cast<int64_t>(dead_after);
     m.dead_fraction = dead_after / mc.num_latents;
     m.overflow_rate = out->overflow_rate;
+    m.truncated_rate = out->truncated_rate;
     m.grad_norm = grad_norm;
   }
   m.step_seconds = Seconds(start);
@@ -449,22 +498,19 @@ absl::StatusOr<SaeParameters> Trainer::GatherPublishedWeights() {
   SaeParameters local = PublishedWeights();
   Communicator* shards = gang_->shard_group.get();
   if (shards->size() == 1) return local;
-  SaeParameters merged;
-  torch::Tensor* out[3] = {&merged.w_enc, &merged.b_enc, &merged.w_dec};
-  const torch::Tensor in[3] = {local.w_enc, local.b_enc, local.w_dec};
-  for (int i = 0; i < 3; ++i) {
-    auto gathered = shards->AllGather(in[i]);
+  std::vector<torch::Tensor> merged = local.All();
+  for (size_t i = 0; i < merged.size(); ++i) {
+    if (!SaeParameters::IsPerLatent(i)) continue;  // b_pre is whole everywhere
+    auto gathered = shards->AllGather(merged[i].contiguous());
     if (!gathered.ok()) return gathered.status();
-    *out[i] = gathered->flatten(0, 1);  // [S, n/S, ...] -> [n, ...] in shard order
+    merged[i] = gathered->flatten(0, 1);  // [S, n/S, ...] -> [n, ...] in shard order
   }
-  merged.b_pre = local.b_pre;
-  return merged;
+  return SaeParameters::FromList(merged);
 }
 
 SaeParameters Trainer::PublishedWeights() const {
   if (!ema_) return model_->params().Clone();
-  const auto avg = ema_->Averaged();
-  return {avg[0], avg[1], avg[2], avg[3]};
+  return SaeParameters::FromList(ema_->Averaged());
 }
 
 absl::StatusOr<EvalResult> Trainer::Evaluate(bool run_suite) {
@@ -542,12 +588,16 @@ absl::StatusOr<EvalResult> Trainer::EvaluateReconstruction(std::optional<SaePara
   result.mse = RawMse(result.mse, config_.model);
   const auto& layout = gang_->layout;
   result.shards = layout.shards;
-  result.candidates_per_shard = parallel_.k_in;
+  result.candidates_per_shard = candidates_per_shard_;
   result.training_overflow_tokens = overflow_tokens_;
   result.training_overflow_rate = static_cast<double>(overflow_tokens_) / std::max<int64_t>(tokens_, 1);
+  result.training_truncated_tokens = truncated_tokens_;
+  result.training_truncated_rate = static_cast<double>(truncated_tokens_) / std::max<int64_t>(tokens_, 1);
   if (layout.shards > 1 && config_.model.architecture == Architecture::kTopK) {
-    result.eval_overflow_rate = ShardedOverflowRate(full.NormalizeInputs(*eval_inputs_), *weights,
-                                                    layout.shards, parallel_.k_in, config_.model.k);
+    const OverflowRates rates = ShardedOverflowRate(full.NormalizeInputs(*eval_inputs_), *weights, layout.shards,
+                                                    candidates_per_shard_, config_.model.k);
+    result.eval_overflow_rate = rates.possibly_truncated;
+    result.eval_truncated_rate = rates.truncated;
   }
   *leader_weights = *std::move(weights);
   return result;
@@ -566,17 +616,16 @@ absl::Status Trainer::GatherStateSlicesToLeader(const SaeParameters& raw, const 
     for (int64_t i = 0; i < layout.shards; ++i) per_shard->push_back((*all)[i].clone());
     return absl::OkStatus();
   };
-  std::vector<SaeParameters> params(layout.shards);
   std::vector<TrainerState> states(layout.shards, state);
   std::vector<torch::Tensor> parts;
   const auto raw_all = raw.All();
+  std::vector<std::vector<torch::Tensor>> param_lists(layout.shards, std::vector<torch::Tensor>(raw_all.size()));
   for (size_t p = 0; p < raw_all.size(); ++p) {
     SAEGRID_RETURN_IF_ERROR(gather(raw_all[p], &parts));
-    for (int64_t i = 0; i < layout.shards; ++i) {
-      torch::Tensor* fields[] = {&params[i].w_enc, &params[i].b_enc, &params[i].w_dec, &params[i].b_pre};
-      *fields[p] = parts[i];
-    }
+    for (int64_t i = 0; i < layout.shards; ++i) param_lists[i][p] = parts[i];
   }
+  std::vector<SaeParameters> params;
+  for (const auto& list : param_lists) params.push_back(SaeParameters::FromList(list));
   auto gather_list = [&](const std::vector<torch::Tensor>& list,
                          std::vector<torch::Tensor> TrainerState::*member) -> absl::Status {
     for (size_t p = 0; p < list.size(); ++p) {
@@ -625,6 +674,7 @@ absl::StatusOr<std::string> Trainer::WriteCheckpointNow(const EvalResult* evalua
   s.step = step_;
   s.tokens = tokens_;
   s.overflow_tokens = overflow_tokens_;
+  s.truncated_tokens = truncated_tokens_;
   s.cursor = source_->cursor();
   s.adam_exp_avg = adam_->exp_avg();
   s.adam_exp_avg_sq = adam_->exp_avg_sq();

@@ -26,14 +26,24 @@ struct StepMetrics {
   int64_t step = 0;  // steps completed
   int64_t total_steps = 0;
   int64_t tokens = 0;  // tokens trained on so far
-  double loss = 0;  // the objective: FVU + auxk_alpha * AuxK (TopK) or FVU + l1 * L1 (ReLU)
+  // The objective: FVU (summed over Matryoshka's prefixes) + auxk_alpha * AuxK (the TopK family)
+  // + the architecture's sparsity penalty (ReLU's L1, JumpReLU's L0).
+  double loss = 0;
   double fvu = 0, mse = 0, auxk_loss = 0, l1_loss = 0, l0 = 0;
+  int64_t k = 0;  // this step's k (the k schedule), for architectures that use k
   // Sharded runs: tokens of this step (and of the run so far) whose selection may have been
-  // truncated by the capacity factor.
+  // truncated by the capacity factor (a shard's last offered candidate made the cut), and those
+  // whose selection was (a candidate a shard did not offer would have made it). BatchTopK counts
+  // the tokens of the batches whose cut was.
   int64_t overflow_tokens = 0;
   double overflow_rate = 0;
   int64_t overflow_tokens_total = 0;
   double overflow_rate_total = 0;
+  int64_t truncated_tokens = 0;
+  double truncated_rate = 0;
+  int64_t truncated_tokens_total = 0;
+  double truncated_rate_total = 0;
+  double inference_threshold = -1;  // BatchTopK and Matryoshka: the fitted threshold so far
   int64_t num_dead = 0;
   double dead_fraction = 0;
   double lr = 0;
@@ -99,7 +109,8 @@ class Trainer {
   SaeParameters PublishedWeights() const;
   bool is_leader() const { return gang_->layout.rank == 0; }
   const ParallelLayout& layout() const { return gang_->layout; }
-  int64_t candidates_per_shard() const { return parallel_.k_in; }
+  // The per-token candidates each shard offers at the model's k (TopK's k_in).
+  int64_t candidates_per_shard() const { return candidates_per_shard_; }
   // How busy the data source's producer was (the on-the-fly model) and how long steps waited for it.
   SourceActivity data_activity() const { return source_->activity(); }
   // Bytes this rank has sent through its communicators so far.
@@ -131,6 +142,8 @@ class Trainer {
   int64_t tokens_ = 0;
   int64_t total_steps_ = 0;
   int64_t overflow_tokens_ = 0;
+  int64_t truncated_tokens_ = 0;
+  int64_t candidates_per_shard_ = 0;
   // The local dead count after the last step (the next step's AuxK width), read with that step's
   // figures; unset: read it at the next step.
   std::optional<int64_t> dead_count_;

@@ -1,6 +1,7 @@
 #include "formats/checkpoint_inspector.h"
 
 #include <map>
+#include <optional>
 #include <set>
 #include <string_view>
 #include <vector>
@@ -10,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/activation/architecture_names.h"
 #include "formats/checkpoint_archive.h"
 #include "formats/safetensors_header.h"
 #include "formats/trainer_state.h"
@@ -165,6 +167,19 @@ const std::set<std::string> kF32 = {"F32"};
 const std::set<std::string> kI64 = {"I64"};
 const std::set<std::string> kFloating = {"F32", "F16", "BF16", "F64"};
 
+// The SAELens architecture each architecture is exported as (engine/checkpoint.cc): BatchTopK and
+// Matryoshka as a JumpReLU with their inference threshold, as SAELens and dictionary_learning do.
+std::string SaeLensArchitecture(Architecture a) {
+  switch (a) {
+    case Architecture::kTopK: return "topk";
+    case Architecture::kReLU: return "standard";
+    case Architecture::kBatchTopK:
+    case Architecture::kJumpReLU:
+    case Architecture::kMatryoshka: return "jumprelu";
+  }
+  return "";
+}
+
 }  // namespace
 
 absl::StatusOr<CheckpointSummary> InspectCheckpointArchive(const std::string& archive_path) {
@@ -195,6 +210,8 @@ absl::StatusOr<CheckpointSummary> InspectCheckpointArchive(const std::string& ar
   }
 
   const int64_t d = state->model.d_in, n = state->model.num_latents;
+  // JumpReLU's per-latent thresholds are a fifth trained tensor (engine/sae_types.h).
+  const bool has_log_threshold = state->model.architecture == "jumprelu";
   for (const auto& slice : state->state_slices) {
     const int64_t rows = slice.latent_end - slice.latent_begin;
     std::vector<ExpectedTensor> expected;
@@ -205,44 +222,96 @@ absl::StatusOr<CheckpointSummary> InspectCheckpointArchive(const std::string& ar
       expected.push_back({g + "b_enc", {rows}, kF32});
       expected.push_back({g + "W_dec", {rows, d}, kF32});
       expected.push_back({g + "b_pre", {d}, kF32});
+      if (has_log_threshold) expected.push_back({g + "log_threshold", {rows}, kF32});
     }
     expected.push_back({"dead.tokens_since_fired", {rows}, kI64});
     if (auto st = in.Tensors(dir + slice.file, expected); !st.ok()) return st;
   }
 
-  const std::string sparsify = dir + state->hookpoint + "/";
-  auto cfg_entry = in.Required(sparsify + "cfg.json");
-  if (!cfg_entry.ok()) return cfg_entry.status();
-  auto cfg = in.JsonObject(**cfg_entry);
-  if (!cfg.ok()) return cfg.status();
-  for (const auto& [key, want] : {std::pair<const char*, int64_t>{"d_in", d}, {"num_latents", n}, {"k", state->model.k}}) {
-    auto it = cfg->find(key);
-    if (it == cfg->end() || !it->is_number_integer() || it->get<int64_t>() != want) {
-      return in.Bad(sparsify + "cfg.json", absl::StrCat(key, ": must be ", want, " as in ", state_name, ", got ",
-                                                         it == cfg->end() ? std::string("nothing") : Shown(*it)));
+  const std::optional<Architecture> architecture = ParseArchitecture(state->model.architecture);
+  // The sparsify run directory: only hookpoint directories, each with cfg.json and
+  // sae.safetensors, since sparsify's whole-run loader takes every sub-directory for a hookpoint.
+  const std::string run_dir = dir + kSparsifyRunDirName + "/";
+  // An older checkpoint of the hookpoint "sparsify" holds its export directly in sparsify/.
+  const bool legacy_named_sparsify = state->hookpoint == kSparsifyRunDirName && in.File(run_dir + "cfg.json") != nullptr;
+  std::set<std::string> run_hookpoints;
+  for (const auto& e : in.entries()) {
+    if (legacy_named_sparsify) break;
+    if (!absl::StartsWith(e.name, run_dir) || e.name.size() == run_dir.size()) continue;
+    const std::string rest = e.name.substr(run_dir.size());
+    const size_t slash = rest.find('/');
+    if (slash == std::string::npos && !e.is_directory) {
+      return in.Bad(e.name, absl::StrCat("is a file in the sparsify run directory '", run_dir,
+                                         "', which holds only hookpoint directories"));
+    }
+    run_hookpoints.insert(rest.substr(0, slash));
+  }
+  for (const auto& hookpoint : run_hookpoints) {
+    for (const char* file : {"cfg.json", "sae.safetensors"}) {
+      if (auto e = in.Required(run_dir + hookpoint + "/" + file); !e.ok()) return e.status();
     }
   }
-  if (auto st = in.Tensors(sparsify + "sae.safetensors",
-                           {{"encoder.weight", {n, d}, kFloating}, {"encoder.bias", {n}, kFloating},
-                            {"W_dec", {n, d}, kFloating}, {"b_dec", {d}, kFloating}},
-                           /*same_dtype=*/true);
-      !st.ok()) {
-    return st;
+  // The sparsify export of this hookpoint: in the run directory, or directly in the step
+  // directory in checkpoints written before the run directory existed. Written for TopK only.
+  std::string sparsify;
+  if (in.File(run_dir + state->hookpoint + "/cfg.json") != nullptr) {
+    sparsify = run_dir + state->hookpoint + "/";
+  } else if (state->hookpoint != kSaeLensDirName && in.File(dir + state->hookpoint + "/cfg.json") != nullptr) {
+    sparsify = dir + state->hookpoint + "/";
+  } else if (architecture == Architecture::kTopK) {
+    return absl::DataLossError(absl::StrCat("archive ", archive_path, ": missing entry '", run_dir, state->hookpoint,
+                                            "/cfg.json' (a regular file): a topk checkpoint has a sparsify export"));
   }
-  if (in.File(dir + "saelens/sae_weights.safetensors") != nullptr) {
-    if (auto st = in.Tensors(dir + "saelens/sae_weights.safetensors",
-                             {{"W_enc", {d, n}, kFloating}, {"b_enc", {n}, kFloating},
+  if (!sparsify.empty()) {
+    auto cfg_entry = in.Required(sparsify + "cfg.json");
+    if (!cfg_entry.ok()) return cfg_entry.status();
+    auto cfg = in.JsonObject(**cfg_entry);
+    if (!cfg.ok()) return cfg.status();
+    for (const auto& [key, want] : {std::pair<const char*, int64_t>{"d_in", d}, {"num_latents", n}, {"k", state->model.k}}) {
+      auto it = cfg->find(key);
+      if (it == cfg->end() || !it->is_number_integer() || it->get<int64_t>() != want) {
+        return in.Bad(sparsify + "cfg.json", absl::StrCat(key, ": must be ", want, " as in ", state_name, ", got ",
+                                                           it == cfg->end() ? std::string("nothing") : Shown(*it)));
+      }
+    }
+    if (auto st = in.Tensors(sparsify + "sae.safetensors",
+                             {{"encoder.weight", {n, d}, kFloating}, {"encoder.bias", {n}, kFloating},
                               {"W_dec", {n, d}, kFloating}, {"b_dec", {d}, kFloating}},
                              /*same_dtype=*/true);
         !st.ok()) {
       return st;
     }
   }
-  if (in.File(dir + "saelens/sparsity.safetensors") != nullptr) {
-    if (auto st = in.Tensors(dir + "saelens/sparsity.safetensors", {{"sparsity", {n}, kFloating}}); !st.ok()) return st;
+  // The SAELens export: optional beside a sparsify export, otherwise it is what publishes the
+  // weights (every architecture but TopK).
+  const std::string saelens = dir + kSaeLensDirName + "/";
+  if (sparsify.empty() || in.File(saelens + "cfg.json") != nullptr ||
+      in.File(saelens + "sae_weights.safetensors") != nullptr) {
+    auto cfg_entry = in.Required(saelens + "cfg.json");
+    if (!cfg_entry.ok()) return cfg_entry.status();
+    auto cfg = in.JsonObject(**cfg_entry);
+    if (!cfg.ok()) return cfg.status();
+    const std::string want = architecture ? SaeLensArchitecture(*architecture) : "";
+    auto it = cfg->find("architecture");
+    if (it == cfg->end() || !it->is_string() || it->get<std::string>() != want) {
+      return in.Bad(saelens + "cfg.json",
+                    absl::StrCat("architecture: must be \"", want, "\" for a ", state->model.architecture,
+                                 " checkpoint, got ", it == cfg->end() ? std::string("nothing") : Shown(*it)));
+    }
+    for (const auto& [key, value] : {std::pair<const char*, int64_t>{"d_in", d}, {"d_sae", n}}) {
+      auto field = cfg->find(key);
+      if (field == cfg->end() || !field->is_number_integer() || field->get<int64_t>() != value) {
+        return in.Bad(saelens + "cfg.json", absl::StrCat(key, ": must be ", value, " as in ", state_name, ", got ",
+                                                          field == cfg->end() ? std::string("nothing") : Shown(*field)));
+      }
+    }
+    std::vector<ExpectedTensor> weights = {{"W_enc", {d, n}, kFloating}, {"b_enc", {n}, kFloating},
+                                           {"W_dec", {n, d}, kFloating}, {"b_dec", {d}, kFloating}};
+    if (want == "jumprelu") weights.push_back({"threshold", {n}, kFloating});
+    if (auto st = in.Tensors(saelens + "sae_weights.safetensors", weights, /*same_dtype=*/true); !st.ok()) return st;
   }
-  if (const ArchiveEntry* e = in.File(dir + "saelens/cfg.json"); e != nullptr) {
-    if (auto j = in.JsonObject(*e); !j.ok()) return j.status();
+  if (in.File(saelens + "sparsity.safetensors") != nullptr) {
+    if (auto st = in.Tensors(saelens + "sparsity.safetensors", {{"sparsity", {n}, kFloating}}); !st.ok()) return st;
   }
   CheckpointSummary summary;
   if (const ArchiveEntry* e = in.File(dir + "evaluation.json"); e != nullptr) {

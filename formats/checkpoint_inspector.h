@@ -27,14 +27,22 @@ struct CheckpointSummary {
 // in trainer_state.json), then requires:
 //  - trainer_state.json, valid by ParseTrainerState;
 //  - every state slice it lists, whose safetensors header holds, for rows = its latent count and
-//    d = d_in: params.{W_enc [rows, d], b_enc [rows], W_dec [rows, d], b_pre [d]} in F32, the
-//    same under adam.exp_avg. and adam.exp_avg_sq. (and ema. when has_ema), and
-//    dead.tokens_since_fired [rows] in I64 (as engine/checkpoint.cc WriteStateSlice writes);
-//  - <hookpoint>/cfg.json, a JSON object whose d_in, num_latents and k match, and
-//    <hookpoint>/sae.safetensors with encoder.weight [n, d], encoder.bias [n], W_dec [n, d],
-//    b_dec [d] in one floating dtype (the sparsify layout);
-//  - when present: saelens/sae_weights.safetensors with W_enc [d, n], b_enc [n], W_dec [n, d],
-//    b_dec [d]; saelens/sparsity.safetensors with sparsity [n]; evaluation.json a JSON object;
+//    d = d_in: params.{W_enc [rows, d], b_enc [rows], W_dec [rows, d], b_pre [d]} in F32 (and
+//    log_threshold [rows] for jumprelu), the same under adam.exp_avg. and adam.exp_avg_sq. (and
+//    ema. when has_ema), and dead.tokens_since_fired [rows] in I64 (as engine/checkpoint.cc
+//    WriteStateSlice writes);
+//  - sparsify/ (the sparsify run directory), when present, holds only directories, each with
+//    cfg.json and sae.safetensors;
+//  - the sparsify export of the hookpoint, sparsify/<hookpoint>/ (or <hookpoint>/ in checkpoints
+//    written before the run directory existed), required for topk and checked wherever present:
+//    cfg.json a JSON object whose d_in, num_latents and k match, and sae.safetensors with
+//    encoder.weight [n, d], encoder.bias [n], W_dec [n, d], b_dec [d] in one floating dtype;
+//  - the SAELens export saelens/, required without a sparsify export (every architecture but
+//    topk) and checked wherever present: cfg.json a JSON object with the architecture the trained
+//    one is exported as ("topk"; "standard" for relu; "jumprelu" for jumprelu, batchtopk and
+//    matryoshka) and d_in, d_sae matching; sae_weights.safetensors with W_enc [d, n], b_enc [n],
+//    W_dec [n, d], b_dec [d] (and threshold [n] for "jumprelu") in one floating dtype;
+//  - when present: saelens/sparsity.safetensors with sparsity [n]; evaluation.json a JSON object;
 //  - every other *.safetensors entry a valid header.
 // Errors name the archive and the entry (and the tensor or field).
 absl::StatusOr<CheckpointSummary> InspectCheckpointArchive(const std::string& archive_path);

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -12,14 +13,16 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "engine/activation/architecture_names.h"
 
 namespace saegrid {
 namespace {
 
 using nlohmann::json;
 
-// The file nests three levels (root -> state_slices -> slice); deeper text is refused while it
-// is parsed, so that "[[[[..." cannot build a large tree.
+// The file nests three levels (root -> state_slices -> slice; root -> model ->
+// matryoshka_prefixes); deeper text is refused while it is parsed, so that "[[[[..." cannot build
+// a large tree.
 constexpr int kMaxDepth = 4;
 
 // A JSON value as it may appear in a message: compact and at most 60 characters.
@@ -70,6 +73,42 @@ class Fields {
     const double x = v->get<double>();
     if (!std::isfinite(x) || x < lo) return Bad(key, absl::StrCat("must be finite and >= ", lo, ", got ", Shown(*v)));
     return x;
+  }
+
+  // A finite number in [lo, hi] (lo_open: in (lo, hi]).
+  absl::StatusOr<double> DoubleIn(std::string_view key, double lo, double hi, double fallback,
+                                  bool lo_open = false) const {
+    const json* v = Find(key);
+    if (v == nullptr) return fallback;
+    if (!v->is_number()) return Bad(key, "must be a number, got " + Shown(*v));
+    const double x = v->get<double>();
+    if (!std::isfinite(x) || (lo_open ? x <= lo : x < lo) || x > hi) {
+      const std::string low = absl::StrCat(lo_open ? "(" : "[", lo);
+      if (std::isinf(lo) && std::isinf(hi)) return Bad(key, "must be a finite number, got " + Shown(*v));
+      if (std::isinf(hi)) {
+        return Bad(key, absl::StrCat("must be finite and ", lo_open ? "> " : ">= ", lo, ", got ", Shown(*v)));
+      }
+      return Bad(key, absl::StrCat("must be in ", low, ", ", hi, "], got ", Shown(*v)));
+    }
+    return x;
+  }
+
+  // An array of integers (absent: empty), each checked by the caller.
+  absl::StatusOr<std::vector<int64_t>> IntList(std::string_view key) const {
+    std::vector<int64_t> out;
+    const json* v = Find(key);
+    if (v == nullptr) return out;
+    if (!v->is_array()) return Bad(key, "must be an array of integers, got " + Shown(*v));
+    for (size_t i = 0; i < v->size(); ++i) {
+      const json& x = (*v)[i];
+      const std::string field = absl::StrCat(std::string(key), "[", i, "]");
+      if (!x.is_number_integer()) return Bad(field, "must be an integer, got " + Shown(x));
+      if (x.is_number_unsigned() && x.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+        return Bad(field, "is beyond int64, got " + Shown(x));
+      }
+      out.push_back(x.get<int64_t>());
+    }
+    return out;
   }
 
   absl::StatusOr<bool> Bool(std::string_view key, bool fallback) const {
@@ -133,10 +172,22 @@ absl::StatusOr<TrainerStateModel> ParseTrainerStateModel(const json& model, std:
   }
   const Fields f(model, what, "model.");
   TrainerStateModel m;
-  SAEGRID_ASSIGN_OR_RETURN(m.architecture, f.String("architecture", nullptr, {"topk", "relu"}));
+  SAEGRID_ASSIGN_OR_RETURN(m.architecture, f.String("architecture", nullptr));
+  const std::optional<Architecture> architecture = ParseArchitecture(m.architecture);
+  if (!architecture) {
+    return f.Bad("architecture", absl::StrCat("must be one of ", ArchitectureChoices(), ", got ",
+                                              Shown(json(m.architecture))));
+  }
   SAEGRID_ASSIGN_OR_RETURN(m.d_in, f.Int("d_in", 1, kMaxTrainerStateDimension));
   SAEGRID_ASSIGN_OR_RETURN(m.num_latents, f.Int("num_latents", 1, kMaxTrainerStateLatents));
-  SAEGRID_ASSIGN_OR_RETURN(m.k, f.Int("k", 1, m.num_latents));
+  const bool uses_k = ArchitectureUsesK(*architecture);
+  // The writer records k for every architecture; relu and jumprelu ignore it, so it is only
+  // required (and bounded by the dictionary) where it applies.
+  if (uses_k) {
+    SAEGRID_ASSIGN_OR_RETURN(m.k, f.Int("k", 1, m.num_latents));
+  } else {
+    SAEGRID_ASSIGN_OR_RETURN(m.k, f.Int("k", 0, INT64_MAX, 0));
+  }
   SAEGRID_ASSIGN_OR_RETURN(m.k_aux, f.Int("k_aux", 0, kMaxTrainerStateLatents, 0));
   SAEGRID_ASSIGN_OR_RETURN(m.auxk_alpha, f.Double("auxk_alpha", 0, m.auxk_alpha));
   SAEGRID_ASSIGN_OR_RETURN(m.dead_tokens_threshold,
@@ -145,6 +196,37 @@ absl::StatusOr<TrainerStateModel> ParseTrainerStateModel(const json& model, std:
   SAEGRID_ASSIGN_OR_RETURN(m.normalize_inputs,
                            f.String("normalize_inputs", "none", {"none", "layer_norm", "dataset_constant"}));
   SAEGRID_ASSIGN_OR_RETURN(m.input_scale, f.Double("input_scale", 1e-30, m.input_scale));
+  // The k schedule starts at or above k (it only ever decreases to k).
+  SAEGRID_ASSIGN_OR_RETURN(m.k_initial, f.Int("k_initial", 0, m.num_latents, 0));
+  if (uses_k && m.k_initial != 0 && m.k_initial < m.k) {
+    return f.Bad("k_initial", absl::StrCat("must be 0 (no schedule) or >= k (", m.k, "), got ", m.k_initial));
+  }
+  SAEGRID_ASSIGN_OR_RETURN(m.k_schedule_steps, f.Int("k_schedule_steps", 0, INT64_MAX, 0));
+  SAEGRID_ASSIGN_OR_RETURN(m.threshold_decay, f.DoubleIn("threshold_decay", 0, 1, m.threshold_decay));
+  const double inf = std::numeric_limits<double>::infinity();
+  // Negative means "not fitted yet" (a checkpoint before the first step), so any finite value.
+  SAEGRID_ASSIGN_OR_RETURN(m.inference_threshold, f.DoubleIn("inference_threshold", -inf, inf, m.inference_threshold));
+  SAEGRID_ASSIGN_OR_RETURN(m.jumprelu_initial_threshold,
+                           f.Double("jumprelu_initial_threshold", 0, m.jumprelu_initial_threshold));
+  // The straight-through estimator divides by the bandwidth.
+  SAEGRID_ASSIGN_OR_RETURN(m.jumprelu_bandwidth,
+                           f.DoubleIn("jumprelu_bandwidth", 0, inf, m.jumprelu_bandwidth, /*lo_open=*/true));
+  SAEGRID_ASSIGN_OR_RETURN(m.l0_coefficient, f.Double("l0_coefficient", 0, m.l0_coefficient));
+  SAEGRID_ASSIGN_OR_RETURN(m.target_l0, f.DoubleIn("target_l0", 0, static_cast<double>(m.num_latents), m.target_l0));
+  SAEGRID_ASSIGN_OR_RETURN(m.matryoshka_prefixes, f.IntList("matryoshka_prefixes"));
+  // Nested dictionaries: each prefix longer than the one before, the whole dictionary implied.
+  for (size_t i = 0; i < m.matryoshka_prefixes.size(); ++i) {
+    const int64_t p = m.matryoshka_prefixes[i];
+    const std::string field = absl::StrCat("matryoshka_prefixes[", i, "]");
+    if (p < 1 || p >= m.num_latents) {
+      return f.Bad(field, absl::StrCat("must be in [1, ", m.num_latents - 1, "] (below num_latents, ",
+                                       m.num_latents, "), got ", p));
+    }
+    if (i > 0 && p <= m.matryoshka_prefixes[i - 1]) {
+      return f.Bad(field, absl::StrCat("must be greater than the previous prefix (", m.matryoshka_prefixes[i - 1],
+                                       "): the prefixes increase, got ", p));
+    }
+  }
   return m;
 }
 

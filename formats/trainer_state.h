@@ -23,17 +23,32 @@ inline constexpr int64_t kMaxTrainerStateBytes = 4 << 20;
 inline constexpr int64_t kMaxTrainerStateDimension = int64_t{1} << 24;
 inline constexpr int64_t kMaxTrainerStateLatents = int64_t{1} << 32;
 
-// The "model" object (engine ModelConfigToJson). Fields the writer has always written are
-// required; the others take the engine's defaults when absent.
+// The step directory's export directories (engine/checkpoint.h): the sparsify run directory
+// (one sub-directory per hookpoint, TopK only) and the SAELens export.
+inline constexpr char kSparsifyRunDirName[] = "sparsify";
+inline constexpr char kSaeLensDirName[] = "saelens";
+
+// The "model" object (engine ModelConfigToJson; the fields of engine/config.h ModelConfig).
+// Fields the writer has always written are required; the others take the engine's defaults when
+// absent, so that checkpoints written before they existed still load.
 struct TrainerStateModel {
-  std::string architecture;  // "topk" or "relu"
-  int64_t d_in = 0, num_latents = 0, k = 0;
+  std::string architecture;  // a name of engine/activation/architecture_names.h
+  int64_t d_in = 0, num_latents = 0;
+  int64_t k = 0;  // absent: 0 (only for architectures without k: relu, jumprelu)
   int64_t k_aux = 0;  // 0: derived from d_in
   double auxk_alpha = 1.0 / 32.0;
   int64_t dead_tokens_threshold = 10'000'000;
   double l1_coefficient = 1e-3;
   std::string normalize_inputs = "none";  // "none", "layer_norm" or "dataset_constant"
   double input_scale = 1.0;               // dataset_constant's fitted constant
+  int64_t k_initial = 0, k_schedule_steps = 0;  // the k schedule (0, 0: none)
+  double threshold_decay = 0.99;
+  double inference_threshold = -1;  // BatchTopK, Matryoshka; < 0: not fitted yet
+  double jumprelu_initial_threshold = 0.001;
+  double jumprelu_bandwidth = 0.001;
+  double l0_coefficient = 1e-3;
+  double target_l0 = 0;
+  std::vector<int64_t> matryoshka_prefixes;  // empty: the engine's default prefixes
 };
 
 struct TrainerStateSlice {
@@ -69,10 +84,17 @@ absl::StatusOr<TrainerStateRecord> ParseTrainerState(std::string_view text, std:
 // Reads and parses the file at `path` (at most kMaxTrainerStateBytes; errors name the path).
 absl::StatusOr<TrainerStateRecord> ReadTrainerStateFile(const std::string& path);
 
-// Validates the "model" object: architecture "topk" or "relu"; 1 <= d_in <=
-// kMaxTrainerStateDimension; 1 <= num_latents <= kMaxTrainerStateLatents; 1 <= k <= num_latents;
-// k_aux >= 0; auxk_alpha, l1_coefficient finite and >= 0; dead_tokens_threshold >= 1;
-// normalize_inputs "none" or "layer_norm". `what` prefixes errors ("<what>: model.k: ...").
+// Validates the "model" object: architecture one of ArchitectureChoices(); 1 <= d_in <=
+// kMaxTrainerStateDimension; 1 <= num_latents <= kMaxTrainerStateLatents; k: with an
+// architecture that uses it (topk, batchtopk, matryoshka) required and 1 <= k <= num_latents,
+// otherwise optional and ignored beyond being an integer >= 0; k_aux >= 0; auxk_alpha,
+// l1_coefficient, l0_coefficient finite and >= 0; dead_tokens_threshold >= 0; normalize_inputs
+// "none", "layer_norm" or "dataset_constant"; input_scale > 0; k_initial 0 or in [k, num_latents];
+// k_schedule_steps >= 0; threshold_decay in [0, 1]; inference_threshold finite (< 0: not fitted);
+// jumprelu_initial_threshold >= 0; jumprelu_bandwidth > 0; target_l0 in [0, num_latents];
+// matryoshka_prefixes an array of integers, strictly increasing, each in [1, num_latents - 1].
+// Every field but architecture, d_in, num_latents (and k where it applies) may be absent and takes
+// the engine's default. `what` prefixes errors ("<what>: model.k: ...").
 absl::StatusOr<TrainerStateModel> ParseTrainerStateModel(const nlohmann::json& model, std::string_view what);
 
 // Whether `name` is a plain file or directory name: non-empty, at most 255 bytes, not "." or

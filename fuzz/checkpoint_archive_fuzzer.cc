@@ -10,6 +10,7 @@
 #include <fstream>
 #include <string>
 
+#include "engine/activation/architecture_names.h"
 #include "formats/checkpoint_archive.h"
 #include "formats/checkpoint_inspector.h"
 #include "formats/trainer_state.h"
@@ -64,7 +65,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (summary.ok()) {
     FUZZ_CHECK(entries.ok());
     FUZZ_CHECK(summary->step >= 0 && summary->tokens >= summary->step);
-    FUZZ_CHECK(summary->d_in > 0 && summary->num_latents > 0 && summary->k > 0);
+    FUZZ_CHECK(summary->d_in > 0 && summary->num_latents > 0 && summary->k >= 0);
+    // k may be absent only where the architecture ignores it (relu, jumprelu).
+    const auto architecture = ParseArchitecture(summary->architecture);
+    FUZZ_CHECK(architecture.has_value() && (summary->k > 0 || !ArchitectureUsesK(*architecture)));
     FUZZ_CHECK(IsPlainFileName(summary->hookpoint));
   } else {
     FUZZ_CHECK(summary.status().message().find(archive) != std::string::npos);

@@ -38,6 +38,8 @@ TrainingMetrics::TrainingMetrics(prometheus::Registry& r)
       tokens_(Counter(r, "saegrid_training_tokens_total", "Tokens trained by this rank's gang since it started")),
       overflow_(Counter(r, "saegrid_training_capacity_overflow_tokens_total",
                         "Tokens whose top-k may have been truncated by the capacity factor (rank 0)")),
+      truncated_(Counter(r, "saegrid_training_capacity_truncated_tokens_total",
+                         "Tokens whose top-k was truncated by the capacity factor (rank 0)")),
       checkpoints_(Counter(r, "saegrid_checkpoint_writes_total", "Checkpoints written (rank 0)")),
       checkpoint_bytes_(Counter(r, "saegrid_checkpoint_written_bytes_total", "Bytes of checkpoints written (rank 0)")),
       step_seconds_(Hist(r, "saegrid_training_step_duration_seconds", "Duration of one training step")),
@@ -79,6 +81,7 @@ TrainingMetrics::Rank::Rank(TrainingMetrics* owner, const std::string& job_id, i
   dead_ = Track(owner->dead_, labels);
   lr_ = Track(owner->lr_, labels);
   overflow_ = Track(owner->overflow_, labels);
+  truncated_ = Track(owner->truncated_, labels);
   checkpoints_ = Track(owner->checkpoints_, labels);
   checkpoint_bytes_ = Track(owner->checkpoint_bytes_, labels);
   checkpoint_seconds_ = Track(owner->checkpoint_seconds_, labels, kSecondsBuckets);
@@ -110,6 +113,7 @@ void TrainingMetrics::Rank::OnStep(const v1::TrainingStep& s) {
   dead_->Set(static_cast<double>(p.num_dead()));
   lr_->Set(p.lr());
   overflow_->Increment(static_cast<double>(s.overflow_tokens()));
+  truncated_->Increment(static_cast<double>(s.truncated_tokens()));
 }
 
 void TrainingMetrics::Rank::OnCheckpoint(const v1::CheckpointWritten& c) {

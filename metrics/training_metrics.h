@@ -52,7 +52,7 @@ class TrainingMetrics {
     prometheus::Gauge *fvu_ = nullptr, *mse_ = nullptr, *l0_ = nullptr, *auxk_ = nullptr, *loss_ = nullptr,
                       *dead_fraction_ = nullptr, *dead_ = nullptr, *lr_ = nullptr, *step_ = nullptr,
                       *tokens_per_second_ = nullptr;
-    prometheus::Counter *tokens_, *overflow_ = nullptr, *checkpoints_ = nullptr, *checkpoint_bytes_ = nullptr;
+    prometheus::Counter *tokens_, *overflow_ = nullptr, *truncated_ = nullptr, *checkpoints_ = nullptr, *checkpoint_bytes_ = nullptr;
     prometheus::Histogram *step_seconds_, *allgather_, *allreduce_, *data_wait_, *checkpoint_seconds_ = nullptr;
   };
 
@@ -60,7 +60,7 @@ class TrainingMetrics {
   friend class Rank;
   prometheus::Family<prometheus::Gauge>&fvu_, &mse_, &l0_, &auxk_, &loss_, &dead_fraction_, &dead_, &lr_, &step_,
       &tokens_per_second_;
-  prometheus::Family<prometheus::Counter>&tokens_, &overflow_, &checkpoints_, &checkpoint_bytes_;
+  prometheus::Family<prometheus::Counter>&tokens_, &overflow_, &truncated_, &checkpoints_, &checkpoint_bytes_;
   prometheus::Family<prometheus::Histogram>&step_seconds_, &collective_seconds_, &checkpoint_seconds_, &data_wait_seconds_;
   prometheus::Gauge& ranks_running_;
   prometheus::Family<prometheus::Counter>& rank_results_;

@@ -56,8 +56,8 @@ echo
 step_dir=$(ls -d "$work/download"/step_* | tail -1)
 echo
 echo "checkpoint: $step_dir"
-echo "  sparsify layout: $step_dir/sae/{cfg.json,sae.safetensors}"
-echo "  SAELens layout:  $step_dir/saelens/"
+echo "  sparsify layout: $step_dir/sparsify/sae/{cfg.json,sae.safetensors} (a sparsify run directory: $step_dir/sparsify)"
+echo "  SAELens layout:  $step_dir/saelens/{cfg.json,sae_weights.safetensors,sparsity.safetensors}"
 echo "  evaluation:      $step_dir/evaluation.json"
 
 # The same checkpoint evaluated locally (docs/evaluations.md): shrinkage, and the figures.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the fuzzers' seed corpora (fuzz/corpus/<harness>/) from real files: checkpoints of
-# tiny synthetic runs of the trainer (TopK with EMA and evaluation, ReLU, two latent shards),
+# tiny synthetic runs of the trainer (TopK with EMA and evaluation, ReLU, JumpReLU, two latent
+# shards),
 # packed by the project's own writer and by GNU tar; .npy files written by NumPy; the shipped job
 # specifications; and, kept as they are, the inputs a fuzzer once failed on (regression_*). Small
 # on purpose (a few KiB each): mutations should land in headers, not data.
@@ -40,21 +41,27 @@ YAML
   ls -d "$work/$1"/checkpoints/step_* | tail -1
 }
 topk=$(run topk_ema "num_latents: 8, k: 2" "" "optimizer: {ema_decay: 0.9}")
-relu=$(run relu "architecture: relu, num_latents: 8, k: 2" ", export_saelens: false, hookpoint: layers.3" "")
-sharded=$(run sharded "num_latents: 8, k: 2" "" "parallelism: {shards: 2}")
+relu=$(run relu "architecture: relu, num_latents: 8, k: 2" ", hookpoint: layers.3" "")
+# export_saelens: false applies to TopK only (the other architectures' only export is SAELens').
+sharded=$(run sharded "num_latents: 8, k: 2" ", export_saelens: false" "parallelism: {shards: 2}")
+# JumpReLU: log_threshold in the state slice, threshold in the SAELens export, no sparsify layout.
+jumprelu=$(run jumprelu "architecture: jumprelu, num_latents: 8" "" "")
 
 cp "$topk/trainer_state.safetensors" "$corpus/safetensors_header/state_slice_ema.safetensors"
-cp "$topk/sae/sae.safetensors" "$corpus/safetensors_header/sparsify_sae.safetensors"
+cp "$topk/sparsify/sae/sae.safetensors" "$corpus/safetensors_header/sparsify_sae.safetensors"
 cp "$topk/saelens/sae_weights.safetensors" "$corpus/safetensors_header/saelens_weights.safetensors"
 cp "$topk/saelens/sparsity.safetensors" "$corpus/safetensors_header/saelens_sparsity.safetensors"
 cp "$(ls "$sharded"/trainer_state.shard-*.safetensors | head -1)" "$corpus/safetensors_header/state_shard.safetensors"
+cp "$jumprelu/saelens/sae_weights.safetensors" "$corpus/safetensors_header/saelens_jumprelu_weights.safetensors"
 
 cp "$topk/trainer_state.json" "$corpus/trainer_state/topk_ema.json"
 cp "$relu/trainer_state.json" "$corpus/trainer_state/relu.json"
 cp "$sharded/trainer_state.json" "$corpus/trainer_state/sharded.json"
+cp "$jumprelu/trainer_state.json" "$corpus/trainer_state/jumprelu.json"
 
 "$pack" "$topk" "$corpus/checkpoint_archive/topk_ema.tar"
 "$pack" "$sharded" "$corpus/checkpoint_archive/sharded.tar"
+"$pack" "$jumprelu" "$corpus/checkpoint_archive/jumprelu.tar"
 tar --format=gnu -cf "$corpus/checkpoint_archive/relu_gnu_tar.tar" -C "$(dirname "$relu")" "$(basename "$relu")"
 
 /usr/bin/python3 - "$corpus/npy_header" <<'PY'

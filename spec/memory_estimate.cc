@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "engine/activation/architecture_names.h"
 
 namespace saegrid {
 namespace {
@@ -57,7 +58,9 @@ MemoryEstimate EstimateRankMemory(const TrainConfig& c) {
   const int64_t replicas = std::max<int64_t>(1, c.parallelism.replicas);
   const int64_t local_latents = (n + shards - 1) / shards;
   const int64_t rows = (std::max<int64_t>(1, c.data.batch_size) + replicas - 1) / replicas;
-  const int64_t k = std::max<int64_t>(1, m.k);
+  // The widest selection: the k schedule starts at k_initial. The threshold architectures (ReLU,
+  // JumpReLU) have no k; their selections are counted with the encoder below.
+  const int64_t k = std::max<int64_t>({1, m.k, m.k_initial});
 
   // W_enc, W_dec [n, d], b_enc [n], b_pre [d]; each with a gradient and two Adam moments, plus
   // the EMA shadow; and the dead-latent counter (int64) per latent.
@@ -68,12 +71,16 @@ MemoryEstimate EstimateRankMemory(const TrainConfig& c) {
   // main and AuxK selections (capacity factor 2 for the sharded candidates).
   const int64_t batch = Mul(Mul(rows, d), kFloat);
   e.batches = Add(Mul(batch, 3 + std::max<int64_t>(0, c.data.prefetch_batches)), Mul(Mul(rows, 4 * k), 12));
-  if (m.architecture == Architecture::kTopK) {
+  if (ArchitectureUsesK(m.architecture)) {
+    // TopK, BatchTopK, Matryoshka: one chunk of pre-activations at a time, and selections bounded
+    // by k (counted with the batches).
     const int64_t whole = Mul(Mul(rows, local_latents), kFloat);
     e.encoder = m.encoder_chunk_latents > 0 ? Mul(Mul(rows, m.encoder_chunk_latents), kFloat)
                                             : std::min(whole, kEncoderChunkBytes);
   } else {
-    e.encoder = Mul(Mul(Mul(rows, local_latents), kFloat), 3);  // pre-activations, activations, gradient
+    // ReLU, JumpReLU: nothing bounds the active set but the dictionary, so room for a whole
+    // matrix of pre-activations, activations and their gradient.
+    e.encoder = Mul(Mul(Mul(rows, local_latents), kFloat), 3);
   }
   if (c.data.use_synthetic) {
     const auto& s = c.data.synthetic;

@@ -17,7 +17,8 @@ namespace saegrid {
 struct MemoryEstimate {
   int64_t parameters = 0;  // weights, gradients, optimizer moments, EMA, dead-latent counters
   int64_t batches = 0;     // input batches in flight, reconstructions, sparse activations
-  int64_t encoder = 0;     // the encoder's chunk of pre-activations (TopK) or the whole matrix (ReLU)
+  int64_t encoder = 0;     // the encoder's chunk of pre-activations (the k architectures: TopK,
+                           // BatchTopK, Matryoshka) or a whole matrix (ReLU, JumpReLU)
   int64_t data = 0;        // the synthetic dataset, or the shuffle buffer of a file source
   int64_t evaluation = 0;
   int64_t runtime = 0;     // the process itself (LibTorch, BLAS buffers)

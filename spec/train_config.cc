@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/activation/architecture_names.h"
 #include "engine/eval/evaluation_names.h"
 #include "spec/job_spec_loader.h"
 
@@ -31,10 +32,69 @@ absl::Status InRange(const std::string& field, T value, T lo, T hi) {
   return absl::OkStatus();
 }
 
+// `value` must be finite and > 0.
+absl::Status Positive(const std::string& field, double value) {
+  if (!(value > 0) || !std::isfinite(value)) return Bad(field, absl::StrCat("must be > 0, got ", value));
+  return absl::OkStatus();
+}
+
+std::string Quoted(Architecture a) { return absl::StrCat("\"", ArchitectureName(a), "\""); }
+
+// The k schedule: k_initial (>= k) decreasing to k over k_schedule_steps steps; the two go together.
+absl::Status MapKSchedule(const v1::ModelSpec& s, ModelConfig* m) {
+  if (s.k_initial() == 0 && s.k_schedule_steps() == 0) return absl::OkStatus();
+  if (!ArchitectureUsesK(m->architecture)) {
+    return Bad(s.k_initial() != 0 ? "model.k_initial" : "model.k_schedule_steps",
+               "applies only to the architectures that use k (\"topk\", \"batchtopk\", \"matryoshka\"), not " +
+                   Quoted(m->architecture));
+  }
+  SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("model.k_schedule_steps", s.k_schedule_steps(), 0, int64_t{1} << 40));
+  if (s.k_initial() == 0) return Bad("model.k_schedule_steps", "requires model.k_initial (the k to start from)");
+  SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("model.k_initial", s.k_initial(), 1, 65536));
+  if (s.k_initial() < m->k) {
+    return Bad("model.k_initial", absl::StrCat("must be >= model.k (", m->k, "), got ", s.k_initial()));
+  }
+  if (m->num_latents > 0 && s.k_initial() > m->num_latents) {
+    return Bad("model.k_initial", absl::StrCat("(", s.k_initial(), ") exceeds model.num_latents (", m->num_latents, ")"));
+  }
+  if (s.k_schedule_steps() == 0) {
+    return Bad("model.k_schedule_steps", "is required with model.k_initial (the steps over which k decreases to model.k)");
+  }
+  m->k_initial = s.k_initial();
+  m->k_schedule_steps = s.k_schedule_steps();
+  return absl::OkStatus();
+}
+
+// Matryoshka's prefixes: positive and strictly increasing here; below the number of latents in
+// CheckMatryoshkaPrefixesFit, once the data has said what it is.
+absl::Status MapMatryoshkaPrefixes(const v1::ModelSpec& s, ModelConfig* m) {
+  if (s.matryoshka_prefixes_size() == 0) return absl::OkStatus();
+  if (m->architecture != Architecture::kMatryoshka) {
+    return Bad("model.matryoshka_prefixes", "applies only to model.architecture \"matryoshka\", not " + Quoted(m->architecture));
+  }
+  for (int i = 0; i < s.matryoshka_prefixes_size(); ++i) {
+    const std::string field = absl::StrCat("model.matryoshka_prefixes[", i, "]");
+    const int64_t size = s.matryoshka_prefixes(i);
+    if (size <= 0) return Bad(field, absl::StrCat("must be > 0, got ", size));
+    SAEGRID_RETURN_IF_ERROR(InRange<int64_t>(field, size, 1, kMaxLatents));
+    if (i > 0 && size <= s.matryoshka_prefixes(i - 1)) {
+      return Bad(field, absl::StrCat("(", size, ") must be greater than model.matryoshka_prefixes[", i - 1, "] (",
+                                     s.matryoshka_prefixes(i - 1), "): the prefixes are strictly increasing"));
+    }
+    m->matryoshka_prefixes.push_back(size);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status MapModel(const v1::ModelSpec& s, ModelConfig* m) {
-  if (s.architecture().empty() || s.architecture() == "topk") m->architecture = Architecture::kTopK;
-  else if (s.architecture() == "relu") m->architecture = Architecture::kReLU;
-  else return Bad("model.architecture", "must be \"topk\" or \"relu\", got \"" + s.architecture() + "\"");
+  if (s.architecture().empty()) {
+    m->architecture = Architecture::kTopK;
+  } else if (const auto a = ParseArchitecture(s.architecture())) {
+    m->architecture = *a;
+  } else {
+    return Bad("model.architecture", "must be one of " + ArchitectureChoices() + ", got \"" + s.architecture() + "\"");
+  }
+  const bool uses_k = ArchitectureUsesK(m->architecture);
   if (s.d_in() != 0) SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("model.d_in", s.d_in(), 1, kMaxDimension));
   m->d_in = s.d_in();
   if (s.num_latents() != 0) SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("model.num_latents", s.num_latents(), 1, kMaxLatents));
@@ -43,13 +103,15 @@ absl::Status MapModel(const v1::ModelSpec& s, ModelConfig* m) {
     SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("model.expansion_factor", s.expansion_factor(), 1, 4096));
     m->expansion_factor = s.expansion_factor();
   }
+  // relu and jumprelu have no k: accepted (a config can switch architectures), never required.
   if (s.k() != 0) {
     SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("model.k", s.k(), 1, 65536));
     m->k = s.k();
   }
-  if (m->num_latents > 0 && m->k > m->num_latents) {
+  if (uses_k && m->num_latents > 0 && m->k > m->num_latents) {
     return Bad("model.k", absl::StrCat("(", m->k, ") exceeds model.num_latents (", m->num_latents, ")"));
   }
+  SAEGRID_RETURN_IF_ERROR(MapKSchedule(s, m));
   if (s.normalize_inputs().empty() || s.normalize_inputs() == "none") m->normalize_inputs = InputNormalization::kNone;
   else if (s.normalize_inputs() == "layer_norm") m->normalize_inputs = InputNormalization::kLayerNorm;
   else if (s.normalize_inputs() == "dataset_constant") m->normalize_inputs = InputNormalization::kDatasetConstant;
@@ -75,16 +137,63 @@ absl::Status MapModel(const v1::ModelSpec& s, ModelConfig* m) {
     SAEGRID_RETURN_IF_ERROR(InRange("model.l1_coefficient", s.l1_coefficient(), 0.0, 1e6));
     m->l1_coefficient = s.l1_coefficient();
   }
+  if (s.has_threshold_decay()) {
+    SAEGRID_RETURN_IF_ERROR(InRange("model.threshold_decay", s.threshold_decay(), 0.0, 0.999999));
+    m->threshold_decay = s.threshold_decay();
+  }
+  if (s.has_jumprelu_initial_threshold()) {
+    SAEGRID_RETURN_IF_ERROR(Positive("model.jumprelu_initial_threshold", s.jumprelu_initial_threshold()));
+    m->jumprelu_initial_threshold = s.jumprelu_initial_threshold();
+  }
+  if (s.has_jumprelu_bandwidth()) {
+    SAEGRID_RETURN_IF_ERROR(Positive("model.jumprelu_bandwidth", s.jumprelu_bandwidth()));
+    m->jumprelu_bandwidth = s.jumprelu_bandwidth();
+  }
+  if (s.has_l0_coefficient()) {
+    SAEGRID_RETURN_IF_ERROR(InRange("model.l0_coefficient", s.l0_coefficient(), 0.0, 1e6));
+    m->l0_coefficient = s.l0_coefficient();
+  }
+  SAEGRID_RETURN_IF_ERROR(InRange("model.target_l0", s.target_l0(), 0.0, static_cast<double>(kMaxLatents)));
+  m->target_l0 = s.target_l0();
+  SAEGRID_RETURN_IF_ERROR(MapMatryoshkaPrefixes(s, m));
   if (s.compute_dtype().empty() || s.compute_dtype() == "float32") m->compute_dtype = ComputeDtype::kFloat32;
   else if (s.compute_dtype() == "bfloat16") m->compute_dtype = ComputeDtype::kBFloat16;
   else return Bad("model.compute_dtype", "must be \"float32\" or \"bfloat16\", got \"" + s.compute_dtype() + "\"");
-  if (m->compute_dtype == ComputeDtype::kBFloat16 && m->architecture != Architecture::kTopK) {
-    return Bad("model.compute_dtype", "bfloat16 applies to the chunked TopK encoder; use float32 for relu");
+  // bfloat16 only ranks latents, which the k architectures' selections do; the threshold
+  // architectures compare each pre-activation with a threshold, which needs float32.
+  if (m->compute_dtype == ComputeDtype::kBFloat16 && !uses_k) {
+    return Bad("model.compute_dtype", "bfloat16 only ranks latents (\"topk\", \"batchtopk\", \"matryoshka\"); use float32 for " +
+                                          Quoted(m->architecture));
   }
   if (s.encoder_chunk_latents() != 0) {
     SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("model.encoder_chunk_latents", s.encoder_chunk_latents(), 1, kMaxLatents));
   }
   m->encoder_chunk_latents = s.encoder_chunk_latents();
+  return absl::OkStatus();
+}
+
+// Every Matryoshka prefix is below the number of latents (the whole dictionary is the last
+// prefix), when the config says what that number is: model.num_latents, or d_in (the model's or
+// the synthetic data's) x expansion_factor. Activation files say it only when read: the trainer
+// checks then.
+absl::Status CheckMatryoshkaPrefixesFit(const TrainConfig& c) {
+  const auto& m = c.model;
+  if (m.matryoshka_prefixes.empty()) return absl::OkStatus();
+  int64_t latents = m.num_latents;
+  std::string what = "model.num_latents";
+  if (latents == 0) {
+    const int64_t d = m.d_in > 0 ? m.d_in : (c.data.use_synthetic ? c.data.synthetic.d : 0);
+    if (d == 0) return absl::OkStatus();
+    latents = d * m.expansion_factor;
+    what = m.d_in > 0 ? "model.d_in x model.expansion_factor" : "data.synthetic.d x model.expansion_factor";
+  }
+  for (size_t i = 0; i < m.matryoshka_prefixes.size(); ++i) {
+    if (m.matryoshka_prefixes[i] >= latents) {
+      return Bad(absl::StrCat("model.matryoshka_prefixes[", i, "]"),
+                 absl::StrCat("(", m.matryoshka_prefixes[i], ") must be < the number of latents (", latents, ", ", what,
+                              "): the whole dictionary is always the last prefix"));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -273,6 +382,7 @@ absl::StatusOr<TrainConfig> ToTrainConfig(const v1::JobSpec& spec) {
   if (c.data.use_synthetic && c.model.d_in != 0 && c.model.d_in != c.data.synthetic.d) {
     return Bad("model.d_in", absl::StrCat("is ", c.model.d_in, " but data.synthetic.d is ", c.data.synthetic.d));
   }
+  SAEGRID_RETURN_IF_ERROR(CheckMatryoshkaPrefixesFit(c));
   const auto& t = spec.training();
   if (t.total_tokens() <= 0) return Bad("training.total_tokens", "is required and must be > 0");
   SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("training.total_tokens", t.total_tokens(), 1, int64_t{1} << 50));
@@ -340,6 +450,14 @@ absl::StatusOr<TrainConfig> ToTrainConfig(const v1::JobSpec& spec) {
   if (k.has_keep_last()) SAEGRID_RETURN_IF_ERROR(InRange<int64_t>("checkpoint.keep_last", k.keep_last(), 0, 1 << 20));
   if (k.has_keep_last()) c.checkpoint.keep_last = k.keep_last();
   if (k.has_export_saelens()) c.checkpoint.export_saelens = k.export_saelens();
+  // Only TopK gets the sparsify layout (the only activation sparsify loads); the others would
+  // be left with no export.
+  if (!c.checkpoint.export_saelens && c.model.architecture != Architecture::kTopK) {
+    const std::string name = Quoted(c.model.architecture);
+    return Bad("checkpoint.export_saelens", "must be true for model.architecture " + name +
+                                                " (it is the only export a " + std::string(ArchitectureName(c.model.architecture)) +
+                                                " SAE gets)");
+  }
   if (k.has_resume()) c.checkpoint.resume = k.resume();
 
   if (!spec.evaluation().ground_truth_path().empty()) {

@@ -304,18 +304,26 @@ TEST(ShardedSelection, CapacityAndOverflow) {
   EXPECT_EQ(CandidatesPerShard(32, 3, 1000, 2.0, false), 22);  // ceil(64 / 3)
   EXPECT_EQ(CandidatesPerShard(32, 64, 1000, 1.0, false), 1);
   EXPECT_EQ(CandidatesPerShard(32, 4, 10, 2.0, true), 10);     // never more than a shard owns
-  // k = 2 from 2 shards offering 2 each. Token 0: shard 0 holds both winners, so its lowest
-  // offer survives (overflow). Token 1: one winner per shard: no overflow.
-  const auto gathered = torch::tensor({9.f, 8.f, 5.f, 4.f, 9.f, 6.f, 8.f, 5.f})
-                            .view({2, 2, 2})          // [token][shard][slot]
+  // k = 2 from 2 shards offering 2 each, plus each shard's next value (the last slot). Token 0:
+  // shard 0 holds both winners, so its lowest offer survives (possibly truncated), but its next
+  // value (7) would not have made the cut (not truncated). Token 1: one winner per shard.
+  const auto gathered = torch::tensor({9.f, 8.f, 7.f, 5.f, 4.f, 3.f, 9.f, 6.f, 5.f, 8.f, 5.f, 4.f})
+                            .view({2, 2, 3})          // [token][shard][slot]
                             .permute({1, 0, 2})       // [shard][token][slot]
                             .contiguous();
-  const auto cut = CutGlobalTopK(gathered, 0, 2, true);
-  EXPECT_TRUE(cut.overflow[0].item<bool>());
-  EXPECT_FALSE(cut.overflow[1].item<bool>());
+  const auto cut = CutGlobalTopK(gathered, 0, 2, /*has_extra=*/true);
+  EXPECT_TRUE(cut.possibly_truncated[0].item<bool>());
+  EXPECT_FALSE(cut.truncated[0].item<bool>());
+  EXPECT_FALSE(cut.possibly_truncated[1].item<bool>());
+  EXPECT_FALSE(cut.truncated[1].item<bool>());
   EXPECT_TRUE(torch::equal(cut.keep[0], torch::tensor({true, true})));
   EXPECT_TRUE(torch::equal(cut.keep[1], torch::tensor({true, false})));
   EXPECT_TRUE(torch::equal(CutGlobalTopK(gathered, 1, 2, true).keep[1], torch::tensor({true, false})));
+  // k = 3: token 0 keeps 9, 8 and 5, and shard 0's next value 7 beats 5: truncated.
+  const auto three = CutGlobalTopK(gathered, 0, 3, true);
+  EXPECT_TRUE(three.truncated[0].item<bool>());
+  EXPECT_TRUE(three.possibly_truncated[0].item<bool>());
+  EXPECT_FALSE(three.truncated[1].item<bool>());  // 9, 8, 6: the next values 5 and 4 lose
   // Ties go to the lower shard: values {1, 1} on both shards, k = 1.
   const auto ties = torch::ones({2, 1, 1});
   EXPECT_TRUE(CutGlobalTopK(ties, 0, 1, false).keep.item<bool>());
@@ -323,6 +331,41 @@ TEST(ShardedSelection, CapacityAndOverflow) {
   // -inf marks an empty slot: never kept even when k asks for more.
   const auto empty = torch::tensor({3.f, -INFINITY}).view({2, 1, 1});
   EXPECT_FALSE(CutGlobalTopK(empty, 1, 2, false).keep.item<bool>());
+}
+
+// BatchTopK's cut over the whole batch: exact candidates give the global top k * B of the
+// concatenated matrix, and the next value tells a real truncation from a possible one.
+TEST(ShardedSelection, BatchCutIsTheGlobalBatchTopK) {
+  torch::manual_seed(4);
+  const int64_t batch = 16, shards = 4, per_shard = 24, k = 3, take = k * batch;
+  const auto pre = torch::randn({batch, shards * per_shard});
+  auto want = torch::zeros({batch * shards * per_shard}, torch::kBool);
+  want.scatter_(0, std::get<1>(pre.reshape({-1}).topk(take)), true);
+  auto got = torch::zeros_like(want);
+  const auto blocks = pre.view({batch, shards, per_shard}).permute({1, 0, 2});  // [S, B, n/S]
+  std::vector<torch::Tensor> values, positions;
+  for (int64_t s = 0; s < shards; ++s) {
+    auto [v, i] = blocks[s].reshape({-1}).topk(take);
+    values.push_back(v);
+    positions.push_back(i);
+  }
+  const auto gathered = torch::stack(values);
+  for (int64_t s = 0; s < shards; ++s) {
+    const auto cut = CutGlobalBatchTopK(gathered, s, take, false);
+    const auto row = positions[s].div(per_shard, "floor"), col = positions[s].remainder(per_shard) + s * per_shard;
+    got.index_put_({(row * shards * per_shard + col).masked_select(cut.keep)}, true);
+  }
+  EXPECT_TRUE(torch::equal(got, want));
+  // Two shards offering 3 and their next value, take 4: shard 0's next value 6 beats the kept 5.
+  const auto small = torch::tensor({9.f, 8.f, 7.f, 6.f, 5.f, 4.f, 3.f, 2.f}).view({2, 4});
+  const auto cut = CutGlobalBatchTopK(small, 0, 4, true);
+  EXPECT_TRUE(torch::equal(cut.keep, torch::tensor({true, true, true})));
+  EXPECT_TRUE(cut.possibly_truncated.item<bool>());
+  EXPECT_TRUE(cut.truncated.item<bool>());
+  // Take 3: shard 0 offers all three winners, but its next value 6 loses to 7: not truncated.
+  const auto three = CutGlobalBatchTopK(small, 0, 3, true);
+  EXPECT_TRUE(three.possibly_truncated.item<bool>());
+  EXPECT_FALSE(three.truncated.item<bool>());
 }
 
 }  // namespace

@@ -37,9 +37,9 @@ constexpr int kBatch = 512;
 // Skewed synthetic data (feature probabilities decay by lambda), 1024 latents, k = 8, and a short
 // dead threshold so that AuxK is active within the 20 steps. log_every_steps 1: every step reads
 // its figures and writes its metrics line, which the layouts' comparisons need.
-std::string Config(const std::string& parallelism) {
+std::string Config(const std::string& parallelism, const std::string& architecture = "topk") {
   return "name: distributed\n"
-         "model: {architecture: topk, num_latents: 1024, k: 8, dead_tokens_threshold: 1024}\n"
+         "model: {architecture: " + architecture + ", num_latents: 1024, k: 8, dead_tokens_threshold: 1024}\n"
          "optimizer: {lr: 0.003, grad_clip_norm: 1.0}\n"
          "data:\n"
          "  synthetic: {num_samples: 16384, num_features: 128, d: 64, avg_active_features: 5, lambda_decay: 0.97}\n"
@@ -104,11 +104,11 @@ class DistributedTraining : public ::testing::Test {
 
   // Runs `saegrid train` (which starts the gang's ranks itself when the config asks for several).
   static RunResult Run(const std::string& name, const std::string& parallelism, std::vector<std::string> extra,
-                       const std::string& output_dir = "") {
+                       const std::string& output_dir = "", const std::string& architecture = "topk") {
     RunResult r;
     r.output_dir = output_dir.empty() ? *root_ / name : output_dir;
     const std::string config = *root_ / (name + ".yaml");
-    testing::WriteFile(config, Config(parallelism));
+    testing::WriteFile(config, Config(parallelism, architecture));
     const std::string metrics = *root_ / (name + ".jsonl");
     std::vector<std::string> argv = {SAEGRID_BINARY, "train", "--config", config, "--output-dir", r.output_dir,
                                      "--metrics-jsonl", metrics, "--quiet"};
@@ -124,7 +124,7 @@ class DistributedTraining : public ::testing::Test {
   static std::map<std::string, torch::Tensor> Weights(const RunResult& r, int step = kSteps) {
     char name[32];
     std::snprintf(name, sizeof(name), "step_%09d", step);
-    auto file = SafetensorsFile::Open(r.output_dir + "/checkpoints/" + name + "/sae/sae.safetensors");
+    auto file = SafetensorsFile::Open(r.output_dir + "/checkpoints/" + name + "/sparsify/sae/sae.safetensors");
     EXPECT_TRUE(file.ok()) << file.status();
     std::map<std::string, torch::Tensor> out;
     if (!file.ok()) return out;
@@ -207,11 +207,49 @@ TEST_F(DistributedTraining, FourShardsWithCapacityTwoOverflowButStayClose) {
   EXPECT_EQ(r.evaluation["sharding"]["candidates_per_shard"], 4);  // ceil(2 * 8 / 4)
   EXPECT_GT(r.evaluation["sharding"]["training_overflow_tokens"].get<int64_t>(), 0);
   EXPECT_GT(r.evaluation["sharding"]["eval_overflow_rate"].get<double>(), 0);
-  int64_t per_step = 0;
-  for (const auto& s : r.steps) per_step += s.overflow_tokens();
+  int64_t per_step = 0, truncated = 0;
+  for (const auto& s : r.steps) {
+    per_step += s.overflow_tokens();
+    truncated += s.truncated_tokens();
+    EXPECT_LE(s.truncated_tokens(), s.overflow_tokens()) << "a truncated selection was possibly truncated";
+  }
   EXPECT_EQ(per_step, r.evaluation["sharding"]["training_overflow_tokens"].get<int64_t>());
+  EXPECT_EQ(truncated, r.evaluation["sharding"]["training_truncated_tokens"].get<int64_t>());
+  EXPECT_LE(r.evaluation["sharding"]["eval_truncated_rate"].get<double>(),
+            r.evaluation["sharding"]["eval_overflow_rate"].get<double>());
   const double fvu = r.evaluation["fvu"].get<double>(), exact = single_->evaluation["fvu"].get<double>();
   EXPECT_LE(std::abs(fvu - exact), 0.02 * exact) << "capacity factor 2 FVU " << fvu << " vs exact " << exact;
+}
+
+// BatchTopK's cut over the batch, sharded in exact mode, is the single-process selection: the
+// same losses step by step, the same fitted inference threshold and the same exported SAE.
+TEST_F(DistributedTraining, BatchTopKTwoShardsExactMatchesSingleProcess) {
+  const auto single = Run("batchtopk_1", "", {}, "", "batchtopk");
+  const auto sharded = Run("batchtopk_s2", "{shards: 2, exact: true}", {}, "", "batchtopk");
+  ASSERT_EQ(single.exit_code, 0) << single.log;
+  ASSERT_EQ(sharded.exit_code, 0) << sharded.log;
+  ASSERT_EQ(sharded.steps.size(), single.steps.size());
+  for (size_t i = 0; i < single.steps.size(); ++i) {
+    const auto& a = sharded.steps[i];
+    const auto& b = single.steps[i];
+    EXPECT_NEAR(a.progress().loss(), b.progress().loss(), 1e-5 * b.progress().loss()) << "step " << i + 1;
+    EXPECT_NEAR(a.progress().fvu(), b.progress().fvu(), 1e-5 * b.progress().fvu()) << "step " << i + 1;
+    EXPECT_EQ(a.progress().l0(), b.progress().l0()) << "step " << i + 1;
+    EXPECT_NEAR(a.inference_threshold(), b.inference_threshold(), 1e-5 * b.inference_threshold());
+    EXPECT_EQ(a.truncated_tokens(), 0);
+  }
+  EXPECT_GT(single.steps.back().inference_threshold(), 0);
+  char name[32];
+  std::snprintf(name, sizeof(name), "step_%09d", kSteps);
+  auto read = [&](const RunResult& r) {
+    return SafetensorsFile::Open(r.output_dir + "/checkpoints/" + name + "/saelens/sae_weights.safetensors");
+  };
+  auto got = read(sharded), want = read(single);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_TRUE(want.ok()) << want.status();
+  for (const char* t : {"W_enc", "b_enc", "W_dec", "b_dec", "threshold"}) {
+    EXPECT_LE(testing::RelativeError(*got->Get(t), *want->Get(t)), 1e-5) << t;
+  }
 }
 
 TEST_F(DistributedTraining, UnshardedCheckpointResumesSharded) {

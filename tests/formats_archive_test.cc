@@ -142,7 +142,7 @@ TEST(CheckpointArchive, PacksListsReadsAndUnpacksARealCheckpoint) {
   const auto st = UnpackArchive(real.archive(), dest.path().string());
   ASSERT_TRUE(st.ok()) << st;
   EXPECT_EQ(ReadFile(dest / (kStepName + "/trainer_state.json")), ReadFile(real.step_dir() + "/trainer_state.json"));
-  EXPECT_EQ(ReadFile(dest / (kStepName + "/sae/sae.safetensors")), ReadFile(real.step_dir() + "/sae/sae.safetensors"));
+  EXPECT_EQ(ReadFile(dest / (kStepName + "/sparsify/sae/sae.safetensors")), ReadFile(real.step_dir() + "/sparsify/sae/sae.safetensors"));
 }
 
 TEST(CheckpointArchive, ReadArchiveEntryHonoursItsLimit) {
@@ -295,8 +295,8 @@ TEST(InspectCheckpoint, MissingStateSliceOrWeightsAreRefused) {
   PackEdited(dir.path().string(), dir / "a.tar",
              [](const fs::path& step) { fs::remove(step / "trainer_state.safetensors"); });
   EXPECT_THAT(InspectError(dir / "a.tar"), HasSubstr("missing entry '" + kStepName + "/trainer_state.safetensors'"));
-  PackEdited(dir.path().string(), dir / "b.tar", [](const fs::path& step) { fs::remove(step / "sae/sae.safetensors"); });
-  EXPECT_THAT(InspectError(dir / "b.tar"), HasSubstr("missing entry '" + kStepName + "/sae/sae.safetensors'"));
+  PackEdited(dir.path().string(), dir / "b.tar", [](const fs::path& step) { fs::remove(step / "sparsify/sae/sae.safetensors"); });
+  EXPECT_THAT(InspectError(dir / "b.tar"), HasSubstr("missing entry '" + kStepName + "/sparsify/sae/sae.safetensors'"));
 }
 
 // Rewrites the first `"shape":[from]` in a safetensors header to `"shape":[to]` (same length, so
@@ -319,9 +319,9 @@ TEST(InspectCheckpoint, WrongTensorShapeIsRefusedNamingTheEntryAndTensor) {
   EXPECT_THAT(error, HasSubstr("has shape [32, 32], expected [64, 16]"));
 
   PackEdited(dir.path().string(), dir / "b.tar",
-             [](const fs::path& step) { ReshapeFirst(step / "sae/sae.safetensors", "64,16", "16,64"); });
+             [](const fs::path& step) { ReshapeFirst(step / "sparsify/sae/sae.safetensors", "64,16", "16,64"); });
   error = InspectError(dir / "b.tar");
-  EXPECT_THAT(error, HasSubstr("entry '" + kStepName + "/sae/sae.safetensors'"));
+  EXPECT_THAT(error, HasSubstr("entry '" + kStepName + "/sparsify/sae/sae.safetensors'"));
   EXPECT_THAT(error, HasSubstr("has shape [16, 64], expected [64, 16]"));
 }
 

@@ -229,7 +229,7 @@ std::string WriteSmallCheckpoint(const std::string& output_dir) {
   c.model.num_latents = 8;
   c.model.k = 2;
   c.export_saelens = false;
-  c.raw = {torch::randn({8, 4}), torch::randn({8}), torch::randn({8, 4}), torch::randn({4})};
+  c.raw = SaeParameters::FromList({torch::randn({8, 4}), torch::randn({8}), torch::randn({8, 4}), torch::randn({4})});
   c.published = c.raw;
   c.state.step = 3;
   c.state.tokens = 3 * 16;
@@ -286,7 +286,33 @@ TEST(TrainerStateJson, ValuesAreValidatedBeforeAResumeTrustsThem) {
       {"bad version", [](auto& j) { j["format_version"] = 2; }, "format_version: unsupported version 2"},
       {"k above latents", [](auto& j) { j["model"]["k"] = 9; }, "model.k: must be in [1, 8], got 9"},
       {"no model", [](auto& j) { j.erase("model"); }, "model: is required"},
-      {"unknown architecture", [](auto& j) { j["model"]["architecture"] = "gated"; }, "model.architecture: must be"},
+      {"unknown architecture", [](auto& j) { j["model"]["architecture"] = "gated"; },
+       "model.architecture: must be one of \"topk\", \"batchtopk\", \"jumprelu\", \"matryoshka\", \"relu\", got \"gated\""},
+      {"non-increasing matryoshka prefixes", [](auto& j) { j["model"]["matryoshka_prefixes"] = {2, 4, 4}; },
+       "model.matryoshka_prefixes[2]: must be greater than the previous prefix (4)"},
+      {"matryoshka prefix of the whole dictionary", [](auto& j) { j["model"]["matryoshka_prefixes"] = {2, 8}; },
+       "model.matryoshka_prefixes[1]: must be in [1, 7]"},
+      {"matryoshka prefix not an integer", [](auto& j) { j["model"]["matryoshka_prefixes"] = {"2"}; },
+       "model.matryoshka_prefixes[0]: must be an integer, got \"2\""},
+      {"matryoshka prefixes not a list", [](auto& j) { j["model"]["matryoshka_prefixes"] = 4; },
+       "model.matryoshka_prefixes: must be an array of integers, got 4"},
+      {"threshold decay above 1", [](auto& j) { j["model"]["threshold_decay"] = 1.5; },
+       "model.threshold_decay: must be in [0, 1], got 1.5"},
+      {"zero bandwidth", [](auto& j) { j["model"]["jumprelu_bandwidth"] = 0; },
+       "model.jumprelu_bandwidth: must be finite and > 0, got 0"},
+      {"negative initial threshold", [](auto& j) { j["model"]["jumprelu_initial_threshold"] = -0.5; },
+       "model.jumprelu_initial_threshold: must be finite and >= 0"},
+      {"inference threshold not a number", [](auto& j) { j["model"]["inference_threshold"] = "x"; },
+       "model.inference_threshold: must be a number"},
+      {"negative l0 coefficient", [](auto& j) { j["model"]["l0_coefficient"] = -1; },
+       "model.l0_coefficient: must be finite and >= 0"},
+      {"target l0 beyond the latents", [](auto& j) { j["model"]["target_l0"] = 9; },
+       "model.target_l0: must be in [0, 8], got 9"},
+      {"k schedule starting below k", [](auto& j) { j["model"]["k_initial"] = 1; },
+       "model.k_initial: must be 0 (no schedule) or >= k (2), got 1"},
+      {"negative k schedule", [](auto& j) { j["model"]["k_schedule_steps"] = -3; },
+       "model.k_schedule_steps: must be >= 0, got -3"},
+      {"topk without k", [](auto& j) { j["model"].erase("k"); }, "model.k: is required"},
       {"not an object", [](auto& j) { j = nlohmann::json::array({1, 2}); }, "not a JSON object"},
   };
   for (const auto& c : cases) {
@@ -304,6 +330,40 @@ TEST(TrainerStateJson, ValuesAreValidatedBeforeAResumeTrustsThem) {
   EXPECT_THAT(std::string(LoadCheckpoint(step).status().message()), HasSubstr("nested deeper"));
   WriteFile(json_path, good.dump(2));
   EXPECT_TRUE(LoadCheckpoint(step).ok());
+}
+
+// Checkpoints written before the model object had the newer architectures' fields still load,
+// with the defaults; relu and jumprelu may leave k out.
+TEST(TrainerStateJson, OlderModelObjectsTakeTheDefaults) {
+  TempDir dir;
+  const std::string step = WriteSmallCheckpoint(dir / "run");
+  const std::string json_path = step + "/trainer_state.json";
+  nlohmann::json j = nlohmann::json::parse(testing::ReadFile(json_path));
+  for (const char* field : {"k_initial", "k_schedule_steps", "threshold_decay", "inference_threshold",
+                            "jumprelu_initial_threshold", "jumprelu_bandwidth", "l0_coefficient", "target_l0",
+                            "matryoshka_prefixes", "input_scale"}) {
+    ASSERT_TRUE(j["model"].contains(field)) << field;
+    j["model"].erase(field);
+  }
+  WriteFile(json_path, j.dump(2));
+  auto loaded = LoadCheckpoint(step);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const ModelConfig defaults;
+  EXPECT_EQ(loaded->model.architecture, Architecture::kTopK);
+  EXPECT_EQ(loaded->model.k, 2);
+  EXPECT_EQ(loaded->model.k_initial, defaults.k_initial);
+  EXPECT_EQ(loaded->model.threshold_decay, defaults.threshold_decay);
+  EXPECT_EQ(loaded->model.inference_threshold, defaults.inference_threshold);
+  EXPECT_EQ(loaded->model.jumprelu_bandwidth, defaults.jumprelu_bandwidth);
+  EXPECT_TRUE(loaded->model.matryoshka_prefixes.empty());
+
+  j["model"]["architecture"] = "relu";
+  j["model"].erase("k");
+  WriteFile(json_path, j.dump(2));
+  auto relu = ReadCheckpointModel(step);
+  ASSERT_TRUE(relu.ok()) << relu.status();
+  EXPECT_EQ(relu->architecture, Architecture::kReLU);
+  EXPECT_EQ(relu->k, defaults.k);
 }
 
 }  // namespace

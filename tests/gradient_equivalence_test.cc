@@ -1,5 +1,6 @@
 // The sparse training step (kernels + custom autograd) against dense autograd on the same
-// parameters, data and selection. Tolerance: norm-wise relative error <= 1e-5 in fp32 for the
+// parameters, data and selection, for every architecture (engine/activation/: each writes its
+// dense reference independently of its sparse path). Tolerance: norm-wise relative error <= 1e-5 in fp32 for the
 // loss and for every parameter gradient (the bar). Every case runs twice: on the CPU
 // kernels and on the portable LibTorch-operator kernels (the GPU path's reference), forced on
 // the CPU.
@@ -24,6 +25,12 @@ ModelConfig Config(Architecture arch, bool layer_norm = false) {
   c.k = 12;
   c.k_aux = 32;
   c.l1_coefficient = 0.05;
+  // JumpReLU: thresholds near the pre-activations' scale and a wide kernel, so that many entries
+  // fall inside the straight-through window and the threshold gradient is far from zero.
+  c.jumprelu_initial_threshold = 0.5;
+  c.jumprelu_bandwidth = 0.2;
+  c.l0_coefficient = 0.01;
+  c.matryoshka_prefixes = {24, 96};
   c.normalize_inputs = layer_norm ? InputNormalization::kLayerNorm : InputNormalization::kNone;
   return ResolveModelConfig(c, /*d_in=*/48);
 }
@@ -38,6 +45,9 @@ SaeModel MakeModel(const ModelConfig& config, const torch::Tensor& data) {
   model.params().w_enc.add_(0.3 * torch::randn_like(model.params().w_enc));
   model.params().b_enc.copy_(0.2 * torch::randn_like(model.params().b_enc));
   model.params().b_pre.add_(0.1 * torch::randn_like(model.params().b_pre));
+  if (model.params().log_threshold.defined()) {
+    model.params().log_threshold.add_(0.3 * torch::randn_like(model.params().log_threshold));
+  }
   return model;
 }
 
@@ -69,7 +79,12 @@ void ExpectEquivalent(const ModelConfig& config, const torch::Tensor& dead) {
     ASSERT_GT(dense.grads[i].norm().item<double>(), 0) << "gradient is trivially zero";
     EXPECT_LT(RelativeError(sparse.grads[i], dense.grads[i]), kTolerance);
   }
-  EXPECT_TRUE(torch::equal(sparse.out.indices, dense.out.indices));
+  // The same activations at the same latents (the two paths order a token's slots differently).
+  auto scattered = [&](const ForwardOutput& out) {
+    return torch::zeros({x.size(0), config.num_latents}).scatter_add_(1, out.indices, out.acts);
+  };
+  EXPECT_LT(RelativeError(scattered(sparse.out), scattered(dense.out)), kTolerance);
+  EXPECT_EQ(sparse.out.l0, dense.out.l0);
 }
 
 TEST_P(GradientEquivalence, TopK) {
@@ -149,6 +164,82 @@ TEST_P(GradientEquivalence, BFloat16EncoderRanksAndFloat32ValuesAreExact) {
 
 TEST_P(GradientEquivalence, ReLU) {
   ExpectEquivalent(Config(Architecture::kReLU), torch::Tensor());
+}
+
+TEST_P(GradientEquivalence, BatchTopK) {
+  ExpectEquivalent(Config(Architecture::kBatchTopK), torch::Tensor());
+}
+
+TEST_P(GradientEquivalence, BatchTopKWithAuxKInChunks) {
+  auto config = Config(Architecture::kBatchTopK);
+  config.encoder_chunk_latents = 40;
+  torch::manual_seed(9);
+  ExpectEquivalent(config, torch::rand({config.num_latents}) < 0.4);
+}
+
+TEST_P(GradientEquivalence, JumpReLU) {
+  ExpectEquivalent(Config(Architecture::kJumpReLU), torch::Tensor());
+}
+
+TEST_P(GradientEquivalence, JumpReLUWithTargetL0InChunks) {
+  auto config = Config(Architecture::kJumpReLU);
+  config.target_l0 = 20;
+  config.encoder_chunk_latents = 40;
+  ExpectEquivalent(config, torch::Tensor());
+}
+
+TEST_P(GradientEquivalence, Matryoshka) {
+  torch::manual_seed(9);
+  const auto config = Config(Architecture::kMatryoshka);
+  ExpectEquivalent(config, torch::rand({config.num_latents}) < 0.4);
+}
+
+TEST_P(GradientEquivalence, BatchTopKKeepsKTimesBatchActivations) {
+  // k * B entries over the batch, not k per token: the counts differ between tokens.
+  const auto config = Config(Architecture::kBatchTopK);
+  torch::manual_seed(5);
+  const auto x = torch::randn({96, config.d_in}) * 2 + 0.5;
+  SaeModel model = MakeModel(config, x);
+  const Gradients g = RunStep(model, x, torch::Tensor(), ComputePath::kSparse);
+  const auto per_token = (g.out.acts > 0).sum(1);
+  EXPECT_EQ(per_token.sum().item<int64_t>(), config.k * x.size(0));
+  EXPECT_GT(per_token.max().item<int64_t>(), per_token.min().item<int64_t>());
+  // Every kept activation is at least every dropped positive pre-activation.
+  torch::NoGradGuard no_grad;
+  const auto pre = torch::addmm(model.params().b_enc, x - model.params().b_pre, model.params().w_enc.t());
+  const double kth = std::get<0>(pre.reshape({-1}).topk(config.k * x.size(0)))[-1].item<double>();
+  EXPECT_NEAR(g.out.acts.masked_select(g.out.acts > 0).min().item<double>(), kth, 1e-6);
+}
+
+TEST_P(GradientEquivalence, JumpReLUThresholdGradientIsTheStraightThroughEstimator) {
+  // The log-threshold gradient written out by hand (Rajamanoharan et al.'s pseudo-derivatives
+  // with the rectangle kernel), in float64:
+  //   dL/dtheta_i = sum over tokens b with |pre_bi - theta_i| < eps/2 of
+  //                 -(theta_i / eps) dL/dz_bi - (1 / eps) l0_coefficient / B,
+  //   dL/dz_bi = -2 (x_b - x_hat_b) . W_dec_i / Var,  and dL/dlog(theta_i) = theta_i dL/dtheta_i.
+  auto config = Config(Architecture::kJumpReLU);
+  torch::manual_seed(5);
+  const auto x = torch::randn({96, config.d_in}) * 2 + 0.5;
+  SaeModel model = MakeModel(config, x);
+  const Gradients g = RunStep(model, x, torch::Tensor(), ComputePath::kSparse);
+  torch::NoGradGuard no_grad;
+  const auto& p = model.params();
+  const auto xd = x.to(torch::kDouble);
+  const auto pre = torch::addmm(p.b_enc.to(torch::kDouble), xd - p.b_pre.to(torch::kDouble),
+                                p.w_enc.to(torch::kDouble).t());
+  const auto theta = p.log_threshold.to(torch::kDouble).exp();
+  const double eps = config.jumprelu_bandwidth;
+  const auto z = pre * (pre > theta).to(torch::kDouble);
+  const auto x_hat = z.mm(p.w_dec.to(torch::kDouble)) + p.b_pre.to(torch::kDouble);
+  const double variance = (xd - xd.mean(0)).pow(2).sum().item<double>();
+  const auto d_z = (-2.0 / variance) * (xd - x_hat).mm(p.w_dec.to(torch::kDouble).t());
+  const auto window = ((pre - theta).abs() < eps / 2).to(torch::kDouble);
+  const auto d_theta = (window * (-(theta / eps) * d_z - config.l0_coefficient / (eps * x.size(0)))).sum(0);
+  const auto expected = (theta * d_theta).to(torch::kFloat);
+  const int64_t in_window = (window.sum(0) > 0).sum().item<int64_t>();
+  ASSERT_GT(in_window, 10);
+  ASSERT_LT(in_window, config.num_latents);  // and latents with nothing in the window get 0
+  EXPECT_LT(RelativeError(g.grads[4], expected), 1e-4);
 }
 
 TEST_P(GradientEquivalence, DecoderGradientProjectionRemovesParallelComponent) {

@@ -275,7 +275,7 @@ TEST_F(OnTheFly, TheDatasetConstantIsFittedKeptAndFoldedOutOfTheExports) {
 
   // The sparsify export takes raw activations: its reconstruction is the trained SAE's (which saw
   // s x) divided by s.
-  auto file = SafetensorsFile::Open(step + "/blocks.1.hook_resid_post/sae.safetensors");
+  auto file = SafetensorsFile::Open(step + "/sparsify/blocks.1.hook_resid_post/sae.safetensors");
   ASSERT_TRUE(file.ok()) << file.status();
   const auto [x, unused] = Expected(0, 8);
   const auto p = trainer->PublishedWeights();
@@ -323,8 +323,8 @@ TEST_F(OnTheFly, SparsifyHookpointNamesGiveTheTransformerLensHookName) {
   ASSERT_NE(trainer, nullptr);
   ASSERT_TRUE(trainer->Train().ok());
   const std::string step = dir_ / "sparsify_name/checkpoints/step_000000002";
-  EXPECT_TRUE(std::filesystem::exists(step + "/h.1/cfg.json"));
-  EXPECT_TRUE(std::filesystem::exists(step + "/h.1/sae.safetensors"));
+  EXPECT_TRUE(std::filesystem::exists(step + "/sparsify/h.1/cfg.json"));
+  EXPECT_TRUE(std::filesystem::exists(step + "/sparsify/h.1/sae.safetensors"));
   std::ifstream in(step + "/saelens/cfg.json");
   EXPECT_EQ(nlohmann::json::parse(in)["metadata"]["hook_name"], "blocks.1.hook_resid_post");
 }
@@ -425,7 +425,7 @@ TEST_F(OnTheFly, TwoShardsShareShardZerosActivationsAndMatchOneProcess) {
     return std::make_pair(code, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   };
   auto weights = [&](const std::string& name) {
-    auto file = SafetensorsFile::Open(dir_ / (name + "/checkpoints/step_000000010/blocks.1.hook_resid_post/sae.safetensors"));
+    auto file = SafetensorsFile::Open(dir_ / (name + "/checkpoints/step_000000010/sparsify/blocks.1.hook_resid_post/sae.safetensors"));
     EXPECT_TRUE(file.ok()) << file.status();
     std::vector<torch::Tensor> out;
     if (file.ok()) {

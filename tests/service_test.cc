@@ -130,7 +130,7 @@ TEST(Service, SubmitWatchDownloadAndEvaluate) {
   auto digest = rpc::Sha256OfFile(archive);
   ASSERT_TRUE(digest.ok());
   EXPECT_EQ(*digest, list.checkpoints(2).sha256());
-  EXPECT_TRUE(std::filesystem::exists(download + "/step_000000150/sae/sae.safetensors"));
+  EXPECT_TRUE(std::filesystem::exists(download + "/step_000000150/sparsify/sae/sae.safetensors"));
 
   // The evaluation over gRPC, and the downloaded checkpoint loads and evaluates to the same FVU:
   // `saegrid train` resumes it at its final step and only evaluates.
@@ -959,7 +959,7 @@ TEST(Service, LanguageModelExampleRunsLocallyAndThroughTheService) {
             0)
       << testing::ReadFile(cluster.dir() / "local.log");
   const std::string step = local + "/checkpoints/step_000000008";
-  EXPECT_TRUE(std::filesystem::exists(step + "/blocks.2.hook_resid_post/sae.safetensors"));
+  EXPECT_TRUE(std::filesystem::exists(step + "/sparsify/blocks.2.hook_resid_post/sae.safetensors"));
   const auto cfg = nlohmann::json::parse(testing::ReadFile(step + "/saelens/cfg.json"), nullptr, false);
   ASSERT_TRUE(cfg.is_object());
   EXPECT_EQ(cfg["metadata"]["model_name"], "model");

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "spec/job_spec_loader.h"
+#include "spec/memory_estimate.h"
 #include "spec/train_config.h"
 #include "tests/test_support.h"
 
@@ -65,7 +66,8 @@ TEST(JobSpec, BadValuesAreNamedWithTheRule) {
   const std::string base = kValid;
   EXPECT_THAT(SpecError(base + "optimizer: {lr: -1}\n"), HasSubstr("optimizer.lr: must be in"));
   EXPECT_THAT(SpecError("model: {architecture: gated}\ndata: {path: x}\ntraining: {total_tokens: 1}\n"),
-              HasSubstr("model.architecture: must be \"topk\" or \"relu\", got \"gated\""));
+              HasSubstr("model.architecture: must be one of \"topk\", \"batchtopk\", \"jumprelu\", \"matryoshka\", "
+                        "\"relu\", got \"gated\""));
   EXPECT_THAT(SpecError("model: {num_latents: 8, k: 9}\ndata: {path: x}\ntraining: {total_tokens: 1}\n"),
               HasSubstr("model.k: (9) exceeds model.num_latents (8)"));
   EXPECT_THAT(SpecError("data: {path: x}\n"), HasSubstr("training.total_tokens: is required"));
@@ -82,9 +84,191 @@ TEST(JobSpec, BadValuesAreNamedWithTheRule) {
               HasSubstr("model.compute_dtype: must be \"float32\" or \"bfloat16\", got \"fp16\""));
   EXPECT_THAT(SpecError("model: {architecture: relu, compute_dtype: bfloat16}\ndata: {path: x}\n"
                         "training: {total_tokens: 1}\n"),
-              HasSubstr("model.compute_dtype: bfloat16 applies to the chunked TopK encoder"));
+              HasSubstr("model.compute_dtype: bfloat16 only ranks latents (\"topk\", \"batchtopk\", \"matryoshka\"); "
+                        "use float32 for \"relu\""));
   EXPECT_THAT(SpecError("model: {encoder_chunk_latents: -4}\ndata: {path: x}\ntraining: {total_tokens: 1}\n"),
               HasSubstr("model.encoder_chunk_latents: must be in"));
+}
+
+// Each architecture and its own fields, mapped from YAML.
+TEST(JobSpec, EveryArchitectureMapsFromYaml) {
+  const std::string rest = "data: {path: x}\ntraining: {total_tokens: 1}\n";
+  auto map = [&](const std::string& model) -> TrainConfig {
+    auto spec = ParseJobSpec("model: " + model + "\n" + rest, "job.yaml");
+    EXPECT_TRUE(spec.ok()) << spec.status();
+    if (!spec.ok()) return TrainConfig();
+    auto c = ToTrainConfig(*spec);
+    EXPECT_TRUE(c.ok()) << model << ": " << c.status();
+    return c.ok() ? *c : TrainConfig();
+  };
+  // The default architecture; unset fields keep the engine's defaults.
+  const TrainConfig d = map("{num_latents: 64}");
+  const ModelConfig defaults;
+  EXPECT_EQ(d.model.architecture, Architecture::kTopK);
+  EXPECT_EQ(d.model.k_initial, 0);
+  EXPECT_EQ(d.model.k_schedule_steps, 0);
+  EXPECT_DOUBLE_EQ(d.model.threshold_decay, defaults.threshold_decay);
+  EXPECT_DOUBLE_EQ(d.model.jumprelu_initial_threshold, defaults.jumprelu_initial_threshold);
+  EXPECT_DOUBLE_EQ(d.model.jumprelu_bandwidth, defaults.jumprelu_bandwidth);
+  EXPECT_DOUBLE_EQ(d.model.l0_coefficient, defaults.l0_coefficient);
+  EXPECT_DOUBLE_EQ(d.model.target_l0, 0);
+  EXPECT_TRUE(d.model.matryoshka_prefixes.empty());
+  EXPECT_DOUBLE_EQ(d.model.inference_threshold, -1);  // fitted in training, never a spec field
+  EXPECT_TRUE(d.checkpoint.export_saelens);
+
+  const TrainConfig topk = map("{architecture: topk, num_latents: 64, k: 4, k_initial: 16, k_schedule_steps: 100, "
+                               "compute_dtype: bfloat16}");
+  EXPECT_EQ(topk.model.architecture, Architecture::kTopK);
+  EXPECT_EQ(topk.model.k, 4);
+  EXPECT_EQ(topk.model.k_initial, 16);
+  EXPECT_EQ(topk.model.k_schedule_steps, 100);
+  EXPECT_EQ(topk.model.compute_dtype, ComputeDtype::kBFloat16);
+
+  const TrainConfig batch = map("{architecture: batchtopk, num_latents: 64, k: 4, threshold_decay: 0, "
+                                "compute_dtype: bfloat16, k_initial: 8, k_schedule_steps: 10}");
+  EXPECT_EQ(batch.model.architecture, Architecture::kBatchTopK);
+  EXPECT_EQ(batch.model.k, 4);
+  EXPECT_DOUBLE_EQ(batch.model.threshold_decay, 0);  // 0 is a value: the last batch's minimum
+  EXPECT_EQ(batch.model.k_initial, 8);
+  EXPECT_EQ(batch.model.compute_dtype, ComputeDtype::kBFloat16);
+
+  const TrainConfig jump = map("{architecture: jumprelu, num_latents: 64, jumprelu_initial_threshold: 0.05, "
+                               "jumprelu_bandwidth: 0.01, l0_coefficient: 0, target_l0: 12.5}");
+  EXPECT_EQ(jump.model.architecture, Architecture::kJumpReLU);
+  EXPECT_DOUBLE_EQ(jump.model.jumprelu_initial_threshold, 0.05);
+  EXPECT_DOUBLE_EQ(jump.model.jumprelu_bandwidth, 0.01);
+  EXPECT_DOUBLE_EQ(jump.model.l0_coefficient, 0);  // 0 is a value
+  EXPECT_DOUBLE_EQ(jump.model.target_l0, 12.5);
+
+  const TrainConfig mat = map("{architecture: matryoshka, num_latents: 64, k: 4, matryoshka_prefixes: [4, 16, 32], "
+                              "threshold_decay: 0.9, compute_dtype: bfloat16}");
+  EXPECT_EQ(mat.model.architecture, Architecture::kMatryoshka);
+  EXPECT_EQ(mat.model.matryoshka_prefixes, (std::vector<int64_t>{4, 16, 32}));
+  EXPECT_DOUBLE_EQ(mat.model.threshold_decay, 0.9);
+  EXPECT_EQ(mat.model.compute_dtype, ComputeDtype::kBFloat16);
+
+  const TrainConfig relu = map("{architecture: relu, num_latents: 64, l1_coefficient: 0.01}");
+  EXPECT_EQ(relu.model.architecture, Architecture::kReLU);
+  EXPECT_DOUBLE_EQ(relu.model.l1_coefficient, 0.01);
+
+  // relu and jumprelu have no k: it is neither required nor held against num_latents (the
+  // default k 32 exceeds these 8 latents), and a k left in the config is accepted.
+  map("{architecture: relu, num_latents: 8}");
+  map("{architecture: jumprelu, num_latents: 8}");
+  map("{architecture: relu, num_latents: 8, k: 16}");
+  map("{architecture: jumprelu, num_latents: 64, k: 4}");
+  // topk alone may turn the SAELens export off (it also gets the sparsify layout).
+  auto spec = ParseJobSpec("model: {architecture: topk, num_latents: 64, k: 4}\ncheckpoint: {export_saelens: false}\n" + rest,
+                           "job.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  auto c = ToTrainConfig(*spec);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->checkpoint.export_saelens);
+}
+
+TEST(JobSpec, ArchitectureFieldsAreCheckedAndNamed) {
+  const std::string rest = "data: {path: x}\ntraining: {total_tokens: 1}\n";
+  auto error = [&](const std::string& model, const std::string& more = "") {
+    return SpecError("model: " + model + "\n" + more + rest);
+  };
+  // The k schedule.
+  EXPECT_THAT(error("{k: 8, k_initial: 4, k_schedule_steps: 10}"), HasSubstr("model.k_initial: must be >= model.k (8), got 4"));
+  EXPECT_THAT(error("{k_initial: 16}"), HasSubstr("model.k_initial: must be >= model.k (32), got 16"));
+  EXPECT_THAT(error("{num_latents: 64, k: 4, k_initial: 128, k_schedule_steps: 10}"),
+              HasSubstr("model.k_initial: (128) exceeds model.num_latents (64)"));
+  EXPECT_THAT(error("{k: 4, k_initial: -8, k_schedule_steps: 10}"), HasSubstr("model.k_initial: must be in [1, 65536], got -8"));
+  EXPECT_THAT(error("{k: 4, k_schedule_steps: 10}"), HasSubstr("model.k_schedule_steps: requires model.k_initial"));
+  EXPECT_THAT(error("{k: 4, k_initial: 8, k_schedule_steps: -1}"), HasSubstr("model.k_schedule_steps: must be in [0, "));
+  EXPECT_THAT(error("{k: 4, k_initial: 8}"), HasSubstr("model.k_schedule_steps: is required with model.k_initial"));
+  for (const char* arch : {"relu", "jumprelu"}) {
+    SCOPED_TRACE(arch);
+    EXPECT_THAT(error(absl::StrCat("{architecture: ", arch, ", k_initial: 64, k_schedule_steps: 10}")),
+                HasSubstr(absl::StrCat("model.k_initial: applies only to the architectures that use k (\"topk\", "
+                                       "\"batchtopk\", \"matryoshka\"), not \"", arch, "\"")));
+    EXPECT_THAT(error(absl::StrCat("{architecture: ", arch, ", k_schedule_steps: 10}")),
+                HasSubstr("model.k_schedule_steps: applies only to the architectures that use k"));
+  }
+  // The k architectures keep k <= num_latents.
+  for (const char* arch : {"topk", "batchtopk", "matryoshka"}) {
+    SCOPED_TRACE(arch);
+    EXPECT_THAT(error(absl::StrCat("{architecture: ", arch, ", num_latents: 8, k: 9}")),
+                HasSubstr("model.k: (9) exceeds model.num_latents (8)"));
+  }
+  // BatchTopK's and Matryoshka's threshold.
+  EXPECT_THAT(error("{architecture: batchtopk, threshold_decay: 1}"), HasSubstr("model.threshold_decay: must be in [0, "));
+  EXPECT_THAT(error("{architecture: batchtopk, threshold_decay: -0.5}"), HasSubstr("model.threshold_decay: must be in [0, "));
+  // JumpReLU's fields.
+  EXPECT_THAT(error("{architecture: jumprelu, jumprelu_bandwidth: 0}"), HasSubstr("model.jumprelu_bandwidth: must be > 0, got 0"));
+  EXPECT_THAT(error("{architecture: jumprelu, jumprelu_bandwidth: -0.1}"), HasSubstr("model.jumprelu_bandwidth: must be > 0"));
+  EXPECT_THAT(error("{architecture: jumprelu, jumprelu_bandwidth: .inf}"), HasSubstr("model.jumprelu_bandwidth: "));
+  EXPECT_THAT(error("{architecture: jumprelu, jumprelu_initial_threshold: 0}"),
+              HasSubstr("model.jumprelu_initial_threshold: must be > 0, got 0"));
+  EXPECT_THAT(error("{architecture: jumprelu, jumprelu_initial_threshold: -1}"),
+              HasSubstr("model.jumprelu_initial_threshold: must be > 0, got -1"));
+  EXPECT_THAT(error("{architecture: jumprelu, l0_coefficient: -0.001}"), HasSubstr("model.l0_coefficient: must be in [0, "));
+  EXPECT_THAT(error("{architecture: jumprelu, target_l0: -4}"), HasSubstr("model.target_l0: must be in [0, "));
+  // Matryoshka's prefixes.
+  EXPECT_THAT(error("{architecture: matryoshka, matryoshka_prefixes: [8, 0]}"),
+              HasSubstr("model.matryoshka_prefixes[1]: must be > 0, got 0"));
+  EXPECT_THAT(error("{architecture: matryoshka, matryoshka_prefixes: [-8, 16]}"),
+              HasSubstr("model.matryoshka_prefixes[0]: must be > 0, got -8"));
+  EXPECT_THAT(error("{architecture: matryoshka, matryoshka_prefixes: [8, 16, 16]}"),
+              HasSubstr("model.matryoshka_prefixes[2]: (16) must be greater than model.matryoshka_prefixes[1] (16)"));
+  EXPECT_THAT(error("{architecture: matryoshka, matryoshka_prefixes: [16, 8]}"),
+              HasSubstr("model.matryoshka_prefixes[1]: (8) must be greater than model.matryoshka_prefixes[0] (16)"));
+  EXPECT_THAT(error("{architecture: matryoshka, num_latents: 64, k: 4, matryoshka_prefixes: [16, 64]}"),
+              HasSubstr("model.matryoshka_prefixes[1]: (64) must be < the number of latents (64, model.num_latents)"));
+  EXPECT_THAT(error("{architecture: matryoshka, d_in: 16, expansion_factor: 2, k: 4, matryoshka_prefixes: [8, 40]}"),
+              HasSubstr("model.matryoshka_prefixes[1]: (40) must be < the number of latents (32, model.d_in x "
+                        "model.expansion_factor)"));
+  EXPECT_THAT(SpecError("model: {architecture: matryoshka, k: 4, matryoshka_prefixes: [64]}\n"
+                        "data: {synthetic: {d: 16}}\ntraining: {total_tokens: 1}\n"),
+              HasSubstr("model.matryoshka_prefixes[0]: (64) must be < the number of latents (64, data.synthetic.d x "
+                        "model.expansion_factor)"));
+  // With activation files the number of latents is known only when the trainer reads them.
+  EXPECT_EQ(error("{architecture: matryoshka, matryoshka_prefixes: [64, 1000000]}"), "OK");
+  for (const char* arch : {"topk", "batchtopk", "jumprelu", "relu"}) {
+    SCOPED_TRACE(arch);
+    EXPECT_THAT(error(absl::StrCat("{architecture: ", arch, ", matryoshka_prefixes: [8]}")),
+                HasSubstr(absl::StrCat("model.matryoshka_prefixes: applies only to model.architecture \"matryoshka\", "
+                                       "not \"", arch, "\"")));
+  }
+  // bfloat16 only ranks.
+  EXPECT_THAT(error("{architecture: jumprelu, compute_dtype: bfloat16}"),
+              HasSubstr("model.compute_dtype: bfloat16 only ranks latents (\"topk\", \"batchtopk\", \"matryoshka\"); use "
+                        "float32 for \"jumprelu\""));
+  // The SAELens export is the only export of every architecture but topk.
+  for (const char* arch : {"batchtopk", "jumprelu", "matryoshka", "relu"}) {
+    SCOPED_TRACE(arch);
+    EXPECT_THAT(error(absl::StrCat("{architecture: ", arch, "}"), "checkpoint: {export_saelens: false}\n"),
+                HasSubstr(absl::StrCat("checkpoint.export_saelens: must be true for model.architecture \"", arch,
+                                       "\" (it is the only export a ", arch, " SAE gets)")));
+    EXPECT_EQ(error(absl::StrCat("{architecture: ", arch, "}"), "checkpoint: {export_saelens: true}\n"), "OK");
+  }
+  EXPECT_THAT(error("{architecture: batchtopk, threshold: 0.5}"), HasSubstr("model.threshold: unknown field"));
+  EXPECT_THAT(error("{architecture: matryoshka, matryoshka_prefixes: [8, wide]}"), HasSubstr("model.matryoshka_prefixes"));
+}
+
+// The k architectures hold one encoder chunk at a time; the threshold ones are given room for a
+// whole matrix (nothing but the dictionary bounds their active sets); the k schedule's start
+// widens the selections.
+TEST(MemoryEstimate, FollowsTheArchitecture) {
+  auto estimate = [](const std::string& model) {
+    auto spec = ParseJobSpec("model: " + model + "\ndata: {synthetic: {d: 256}, batch_size: 4096}\n"
+                             "training: {total_tokens: 1}\n", "job.yaml");
+    EXPECT_TRUE(spec.ok()) << spec.status();
+    auto c = ToTrainConfig(*spec);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? EstimateRankMemory(*c) : MemoryEstimate();
+  };
+  const MemoryEstimate topk = estimate("{num_latents: 16384, k: 8}");
+  const int64_t whole = int64_t{4096} * 16384 * 4;
+  EXPECT_EQ(topk.encoder, int64_t{64} << 20);
+  EXPECT_EQ(estimate("{architecture: batchtopk, num_latents: 16384, k: 8}").encoder, topk.encoder);
+  EXPECT_EQ(estimate("{architecture: matryoshka, num_latents: 16384, k: 8}").encoder, topk.encoder);
+  EXPECT_EQ(estimate("{architecture: jumprelu, num_latents: 16384}").encoder, 3 * whole);
+  EXPECT_EQ(estimate("{architecture: relu, num_latents: 16384}").encoder, 3 * whole);
+  EXPECT_GT(estimate("{num_latents: 16384, k: 8, k_initial: 64, k_schedule_steps: 10}").batches, topk.batches);
 }
 
 // The spec checks the spelling of a device (it is torch-free); whether the device exists is the
@@ -299,7 +483,9 @@ TEST(SaegridCli, TrainsWritesCheckpointAndEvaluation) {
   EXPECT_THAT(log, HasSubstr("FVU"));
   const std::string latest = testing::ReadFile(dir / "out/checkpoints/LATEST");
   const std::string step = dir / ("out/checkpoints/" + latest.substr(0, latest.size() - 1));
-  EXPECT_TRUE(std::filesystem::exists(step + "/sae/sae.safetensors"));
+  // The sparsify run directory holds only hookpoint directories; the SAELens export is beside it.
+  EXPECT_TRUE(std::filesystem::exists(step + "/sparsify/sae/sae.safetensors"));
+  EXPECT_TRUE(std::filesystem::exists(step + "/saelens/cfg.json"));
   EXPECT_TRUE(std::filesystem::exists(step + "/evaluation.json"));
 }
 

@@ -209,14 +209,14 @@ TEST(Trainer, CheckpointHasSparsifyAndSaeLensLayouts) {
   ASSERT_TRUE(eval.ok());
   const std::string step = *FindLatestCheckpoint(dir / "run");
   namespace fs = std::filesystem;
-  auto cfg = nlohmann::json::parse(testing::ReadFile(fs::path(step) / "sae/cfg.json"));
+  auto cfg = nlohmann::json::parse(testing::ReadFile(fs::path(step) / "sparsify/sae/cfg.json"));
   EXPECT_EQ(cfg["activation"], "topk");
   EXPECT_EQ(cfg["num_latents"], 256);
   EXPECT_EQ(cfg["k"], 8);
   EXPECT_EQ(cfg["d_in"], 64);
   EXPECT_EQ(cfg["expansion_factor"], 4);
   EXPECT_EQ(cfg["normalize_decoder"], true);
-  auto sae = SafetensorsFile::Open((fs::path(step) / "sae/sae.safetensors").string());
+  auto sae = SafetensorsFile::Open((fs::path(step) / "sparsify/sae/sae.safetensors").string());
   ASSERT_TRUE(sae.ok());
   EXPECT_EQ(sae->Entry("encoder.weight")->shape, (std::vector<int64_t>{256, 64}));
   EXPECT_EQ(sae->Entry("encoder.bias")->shape, (std::vector<int64_t>{256}));
@@ -243,7 +243,7 @@ TEST(Trainer, CheckpointHasSparsifyAndSaeLensLayouts) {
   // The published SAE reloads to exactly the weights the trainer evaluated.
   EXPECT_EQ(eval_json["split"], "held_out");
   ModelConfig loaded_config;
-  auto weights = LoadSparsifySae((fs::path(step) / "sae").string(), &loaded_config);
+  auto weights = LoadSparsifySae(SparsifyExportDir(step, "sae"), &loaded_config);
   ASSERT_TRUE(weights.ok()) << weights.status();
   EXPECT_EQ(loaded_config.num_latents, 256);
   EXPECT_EQ(loaded_config.k, 8);
